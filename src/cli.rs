@@ -1,0 +1,218 @@
+//! The command line. stdout is reserved for the stdio MCP transport when
+//! serving; logs go to stderr.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+use crate::mcp::CodebServer;
+use crate::ops::Ctx;
+
+/// Exit code for configuration errors.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// codeb — blue-green deployments over SSH, driven through MCP.
+#[derive(Debug, Parser)]
+#[command(name = "codeb", version, about)]
+pub struct Cli {
+    /// Path of codeb.toml.
+    #[arg(long, global = true, env = "CODEB_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Log as JSON lines (to stderr).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve MCP over stdio, or over streamable HTTP with --http.
+    Serve {
+        /// Listen address for streamable HTTP (path /mcp), e.g. 127.0.0.1:9101.
+        #[arg(long)]
+        http: Option<SocketAddr>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Check the fleet's health and print it.
+    Health {
+        /// Print the full JSON result.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a project's slots.
+    Status {
+        /// Project name.
+        project: String,
+    },
+    /// Print the tool schema snapshots, or write them into a directory.
+    Schemas {
+        /// Write `<tool>.json` files into this directory.
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
+}
+
+/// Entry point used by `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    if let Command::Schemas { write } = &cli.command {
+        return match schemas(write.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("codeb: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("codeb: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("codeb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CODEB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    let ctx = Arc::new(Ctx::new(config));
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            cancel.cancel();
+        });
+    }
+    let result = match command {
+        Command::Serve { http: None } => {
+            // No SSH or database connection is opened before `initialize`
+            // is answered: both connect lazily on first use.
+            let server = CodebServer::new(ctx.clone()).serve(rmcp::transport::stdio()).await?;
+            tokio::select! {
+                r = server.waiting() => { r?; }
+                _ = cancel.cancelled() => {}
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { http: Some(addr) } => {
+            let n = ctx.db.migrate().await?;
+            tracing::info!(migrations = n, "database ready");
+            crate::mcp::http::serve(ctx.clone(), addr, cancel.clone()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let n = ctx.db.migrate().await?;
+            println!("{n} migrations applied");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Health { json } => {
+            let server = CodebServer::new(ctx.clone());
+            let r = server
+                .health_check(rmcp::handler::server::wrapper::Parameters(
+                    crate::mcp::health_check::HealthCheckParams { server: None },
+                ))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r.0)?);
+            } else {
+                println!("{}", r.0.summary);
+                for s in &r.0.servers {
+                    println!("  {:<10} {}", s.name, if s.healthy { "healthy" } else { "UNHEALTHY" });
+                    for svc in &s.services {
+                        println!("    {:<18} {:<9} {}", svc.service, if svc.healthy { "ok" } else { "FAIL" }, svc.detail);
+                    }
+                    if let Some(e) = &s.error {
+                        println!("    {e}");
+                    }
+                }
+            }
+            Ok(if r.0.healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Status { project } => {
+            let server = CodebServer::new(ctx.clone());
+            let r = server
+                .slot_status(rmcp::handler::server::wrapper::Parameters(
+                    crate::mcp::slot_status::SlotStatusParams { project, environment: None },
+                ))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&r.0)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schemas { .. } => unreachable!("handled before config is loaded"),
+    };
+    ctx.fleet.close().await;
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// The snapshot of one tool: exactly what `tools/list` shows.
+pub fn tool_snapshot(tool: &rmcp::model::Tool) -> String {
+    let mut s = serde_json::to_string_pretty(tool).expect("tools serialize");
+    s.push('\n');
+    s
+}
+
+fn schemas(write: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let tools = CodebServer::tool_definitions();
+    match write {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            for t in &tools {
+                std::fs::write(dir.join(format!("{}.json", t.name)), tool_snapshot(t))?;
+            }
+            eprintln!("wrote {} snapshots to {}", tools.len(), dir.display());
+        }
+        None => println!("{}", serde_json::to_string_pretty(&tools)?),
+    }
+    Ok(())
+}

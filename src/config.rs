@@ -1,0 +1,651 @@
+//! Configuration: one TOML file (`codeb.toml`) merged with `CODEB_*`
+//! environment overrides, then validated.
+//!
+//! Secrets (database password, PowerDNS API key, master key) never come from
+//! the TOML itself: the file may only name a file holding them, or the value
+//! comes from an environment variable. Every validation error names the field
+//! it is about, so `codeb` can print one line and exit with code 2.
+//!
+//! Environment overrides use a double underscore for nesting:
+//! `CODEB_DATABASE__URL`, `CODEB_SSH__CONNECT_TIMEOUT_SECS`, ... Variables
+//! without a double underscore (`CODEB_CONFIG`, `CODEB_DATABASE_PASSWORD`,
+//! `CODEB_PDNS_API_KEY`, `CODEB_MASTER_KEY`, `CODEB_API_KEY`, `CODEB_LOG`)
+//! are read directly by the code that needs them.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+use crate::model::{validate_hostname, ServerRole};
+
+/// Default path of the config file when neither `--config` nor `CODEB_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/codeb/codeb.toml";
+
+/// A configuration problem, always about one named field.
+#[derive(Debug, thiserror::Error)]
+#[error("config error: {field}: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the offending field (`servers[1].address`), or `file`.
+    pub field: String,
+    /// What is wrong and, where useful, what to do.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration, as read from `codeb.toml` plus overrides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// MCP transport settings.
+    #[serde(default)]
+    pub mcp: McpConfig,
+    /// codeb's own state database.
+    pub database: DatabaseConfig,
+    /// Route zone and the domains routed hostnames are built from.
+    pub routing: RoutingConfig,
+    /// PowerDNS HTTP API on the app server.
+    pub pdns: PdnsConfig,
+    /// Caddy on the app server.
+    #[serde(default)]
+    pub caddy: CaddyConfig,
+    /// Image registry on the storage server.
+    #[serde(default)]
+    pub registry: RegistryConfig,
+    /// SSH connection settings shared by every server.
+    #[serde(default)]
+    pub ssh: SshConfig,
+    /// The fleet.
+    pub servers: Vec<ServerConfig>,
+    /// Streaming server (Centrifugo) settings.
+    #[serde(default)]
+    pub streaming: StreamingConfig,
+}
+
+/// MCP transport settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// `Host` header values the HTTP transport accepts (host or host:port).
+    #[serde(default = "default_allowed_hosts")]
+    pub allowed_hosts: Vec<String>,
+    /// `Origin` header values the HTTP transport accepts (scheme://host:port).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Largest accepted HTTP request body, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: default_allowed_hosts(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+fn default_allowed_hosts() -> Vec<String> {
+    vec!["127.0.0.1".into(), "localhost".into()]
+}
+
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+
+/// codeb's state database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user@host:port/db` without a password.
+    pub url: String,
+    /// File holding the password (else `CODEB_DATABASE_PASSWORD`).
+    pub password_file: Option<PathBuf>,
+    /// Connections in the pool.
+    #[serde(default = "default_pool_size")]
+    pub max_connections: u32,
+    /// How long to wait for a database connection before failing, in seconds.
+    #[serde(default = "default_db_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_pool_size() -> u32 {
+    8
+}
+fn default_db_timeout() -> u64 {
+    5
+}
+
+/// Route zone and domains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// PowerDNS zone that holds the SRV route rrsets.
+    pub route_zone: String,
+    /// Target name of the SRV records (resolves to the app server's loopback).
+    pub route_target: String,
+    /// Production is `{project}.{base_domain}`.
+    pub base_domain: String,
+    /// Preview hosts are `{project}-{env}-{slot}.{preview_domain}`.
+    pub preview_domain: String,
+    /// Where Caddy answers HTTP, as seen from codeb (used to verify routes).
+    pub public_http: String,
+}
+
+/// PowerDNS HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PdnsConfig {
+    /// API base URL as seen on the app server (reached through an SSH forward).
+    pub api_url: String,
+    /// File holding the API key (else `CODEB_PDNS_API_KEY`).
+    pub api_key_file: Option<PathBuf>,
+    /// PowerDNS server id, normally `localhost`.
+    #[serde(default = "default_pdns_server_id")]
+    pub server_id: String,
+}
+
+fn default_pdns_server_id() -> String {
+    "localhost".into()
+}
+
+/// Caddy on the app server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaddyConfig {
+    /// Caddy admin API address on the app server's loopback.
+    #[serde(default = "default_caddy_admin")]
+    pub admin_addr: String,
+    /// Path of Caddy's one static config on the app server.
+    #[serde(default = "default_caddy_config_path")]
+    pub config_path: String,
+}
+
+impl Default for CaddyConfig {
+    fn default() -> Self {
+        Self {
+            admin_addr: default_caddy_admin(),
+            config_path: default_caddy_config_path(),
+        }
+    }
+}
+
+fn default_caddy_admin() -> String {
+    "127.0.0.1:2019".into()
+}
+fn default_caddy_config_path() -> String {
+    "/etc/caddy/Caddyfile".into()
+}
+
+/// Image registry.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `host:port` of the registry images are pulled from.
+    #[serde(default)]
+    pub address: String,
+}
+
+/// SSH settings shared by every server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshConfig {
+    /// Seconds to wait for a TCP/SSH connection.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Default upper bound for one remote command, in seconds.
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout_secs: u64,
+    /// Concurrent channels per server.
+    #[serde(default = "default_max_channels")]
+    pub max_channels: usize,
+    /// Seconds between SSH keepalives on the master connection.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u64,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: default_connect_timeout(),
+            command_timeout_secs: default_command_timeout(),
+            max_channels: default_max_channels(),
+            keepalive_secs: default_keepalive(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> u64 {
+    5
+}
+fn default_command_timeout() -> u64 {
+    60
+}
+fn default_max_channels() -> usize {
+    8
+}
+fn default_keepalive() -> u64 {
+    5
+}
+
+impl SshConfig {
+    /// Connect timeout as a `Duration`.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+    /// Command timeout as a `Duration`.
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_secs(self.command_timeout_secs)
+    }
+}
+
+/// One server of the fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Unique short name (`app`, `storage`, ...).
+    pub name: String,
+    /// Roles this server holds.
+    pub roles: Vec<ServerRole>,
+    /// IP address or DNS name; `local` runs commands as local processes.
+    pub address: String,
+    /// SSH port.
+    #[serde(default = "default_ssh_port")]
+    pub ssh_port: u16,
+    /// SSH user.
+    #[serde(default = "default_ssh_user")]
+    pub ssh_user: String,
+    /// Private key file for SSH.
+    pub ssh_key_file: Option<PathBuf>,
+    /// Pinned known_hosts file (strict checking is always on).
+    pub known_hosts_file: Option<PathBuf>,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_ssh_user() -> String {
+    "root".into()
+}
+
+impl ServerConfig {
+    /// True when codeb runs on this server itself.
+    pub fn is_local(&self) -> bool {
+        self.address == "local"
+    }
+}
+
+/// Streaming server settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// Health URL as seen on the streaming server.
+    #[serde(default = "default_streaming_health")]
+    pub health_url: String,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            health_url: default_streaming_health(),
+        }
+    }
+}
+
+fn default_streaming_health() -> String {
+    "http://127.0.0.1:8000/health".into()
+}
+
+impl Config {
+    /// Reads `path`, merges `CODEB_*__*` overrides from `env`, and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, Env::prefixed("CODEB_"))
+    }
+
+    fn load_with_env(path: &Path, env: Env) -> Result<Self, ConfigError> {
+        // figment treats a missing file as empty; an operator who names a
+        // file that is not there wants to hear about it.
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(ConfigError::new(
+                    "file",
+                    format!("{} is not a regular file", path.display()),
+                ))
+            }
+            Err(e) => {
+                return Err(ConfigError::new(
+                    "file",
+                    format!("cannot read {}: {e}", path.display()),
+                ))
+            }
+        }
+        if let Err(e) = std::fs::read_to_string(path) {
+            return Err(ConfigError::new(
+                "file",
+                format!("cannot read {}: {e}", path.display()),
+            ));
+        }
+        let env = env.filter(|k| k.as_str().contains("__")).split("__");
+        let config: Config = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(env)
+            .extract()
+            .map_err(figment_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field that deserialization cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.database.url.starts_with("postgres://")
+            && !self.database.url.starts_with("postgresql://")
+        {
+            return Err(ConfigError::new(
+                "database.url",
+                "must start with postgres:// or postgresql://",
+            ));
+        }
+        if self.database.url.contains(':') {
+            // A password in the URL would put a secret into the TOML file.
+            if let Some(userinfo) = self
+                .database
+                .url
+                .split("://")
+                .nth(1)
+                .and_then(|rest| rest.split('@').next().filter(|_| rest.contains('@')))
+            {
+                if userinfo.contains(':') {
+                    return Err(ConfigError::new(
+                        "database.url",
+                        "must not contain a password; use database.password_file or CODEB_DATABASE_PASSWORD",
+                    ));
+                }
+            }
+        }
+        if let Some(p) = &self.database.password_file {
+            check_readable("database.password_file", p)?;
+        }
+        if let Some(p) = &self.pdns.api_key_file {
+            check_readable("pdns.api_key_file", p)?;
+        }
+        for (field, value) in [
+            ("routing.route_zone", &self.routing.route_zone),
+            ("routing.route_target", &self.routing.route_target),
+            ("routing.base_domain", &self.routing.base_domain),
+            ("routing.preview_domain", &self.routing.preview_domain),
+        ] {
+            validate_hostname(value).map_err(|e| ConfigError::new(field, e))?;
+        }
+        if self.servers.is_empty() {
+            return Err(ConfigError::new("servers", "at least one server is needed"));
+        }
+        if self.ssh.max_channels == 0 || self.ssh.max_channels > 64 {
+            return Err(ConfigError::new("ssh.max_channels", "must be between 1 and 64"));
+        }
+        if self.ssh.connect_timeout_secs == 0 || self.ssh.command_timeout_secs == 0 {
+            return Err(ConfigError::new(
+                "ssh",
+                "connect_timeout_secs and command_timeout_secs must be at least 1",
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut roles = BTreeSet::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            let f = |name: &str| format!("servers[{i}].{name}");
+            if !crate::model::is_valid_server_name(&s.name) {
+                return Err(ConfigError::new(
+                    f("name"),
+                    format!("{:?} is not a valid server name (lowercase letters, digits, '-')", s.name),
+                ));
+            }
+            if !names.insert(s.name.clone()) {
+                return Err(ConfigError::new(f("name"), format!("duplicate server name {:?}", s.name)));
+            }
+            if s.roles.is_empty() {
+                return Err(ConfigError::new(f("roles"), "at least one role is needed"));
+            }
+            roles.extend(s.roles.iter().copied());
+            if !s.is_local() {
+                if s.address.parse::<IpAddr>().is_err() {
+                    validate_hostname(&s.address).map_err(|e| {
+                        ConfigError::new(f("address"), format!("{:?} is not an IP address or host name: {e}", s.address))
+                    })?;
+                }
+                if !crate::model::is_valid_ssh_user(&s.ssh_user) {
+                    return Err(ConfigError::new(f("ssh_user"), format!("{:?} is not a valid user name", s.ssh_user)));
+                }
+                let key = s.ssh_key_file.as_ref().ok_or_else(|| {
+                    ConfigError::new(f("ssh_key_file"), "required for a server that is not local")
+                })?;
+                check_readable(&f("ssh_key_file"), key)?;
+                let kh = s.known_hosts_file.as_ref().ok_or_else(|| {
+                    ConfigError::new(
+                        f("known_hosts_file"),
+                        "required: host keys are always checked strictly",
+                    )
+                })?;
+                check_readable(&f("known_hosts_file"), kh)?;
+            }
+        }
+        for role in ServerRole::ALL {
+            if !roles.contains(&role) {
+                return Err(ConfigError::new(
+                    "servers",
+                    format!("no server holds the {role} role"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first server holding `role`.
+    pub fn server_for(&self, role: ServerRole) -> &ServerConfig {
+        self.servers
+            .iter()
+            .find(|s| s.roles.contains(&role))
+            .expect("validate() guarantees every role has a server")
+    }
+
+    /// The database password, from `CODEB_DATABASE_PASSWORD` or the password file.
+    pub fn database_password(&self) -> Result<Option<String>, ConfigError> {
+        secret_from("CODEB_DATABASE_PASSWORD", "database.password_file", self.database.password_file.as_deref())
+    }
+
+    /// The PowerDNS API key, from `CODEB_PDNS_API_KEY` or the key file.
+    pub fn pdns_api_key(&self) -> Result<Option<String>, ConfigError> {
+        secret_from("CODEB_PDNS_API_KEY", "pdns.api_key_file", self.pdns.api_key_file.as_deref())
+    }
+}
+
+fn secret_from(var: &str, field: &str, file: Option<&Path>) -> Result<Option<String>, ConfigError> {
+    if let Ok(v) = std::env::var(var) {
+        if !v.is_empty() {
+            return Ok(Some(v));
+        }
+    }
+    match file {
+        None => Ok(None),
+        Some(p) => std::fs::read_to_string(p)
+            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|e| ConfigError::new(field, format!("cannot read {}: {e}", p.display()))),
+    }
+}
+
+fn check_readable(field: &str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| ConfigError::new(field, format!("cannot read {}: {e}", path.display())))
+}
+
+fn figment_error(e: figment::Error) -> ConfigError {
+    // figment keeps the path of the failing key; report it as the field.
+    let field = if e.path.is_empty() {
+        "file".to_string()
+    } else {
+        e.path.join(".")
+    };
+    let message = match &e.kind {
+        figment::error::Kind::UnknownField(name, _) => format!("unknown field `{name}`"),
+        figment::error::Kind::MissingField(name) => format!("missing field `{name}`"),
+        other => other.to_string(),
+    };
+    let named: Option<String> = match &e.kind {
+        figment::error::Kind::UnknownField(name, _) => Some(name.to_string()),
+        figment::error::Kind::MissingField(name) => Some(name.to_string()),
+        _ => None,
+    };
+    let field = match named {
+        Some(name) if field == "file" => name,
+        Some(name) if !field.ends_with(name.as_str()) => format!("{field}.{name}"),
+        _ => field,
+    };
+    ConfigError::new(field, message.replace('\n', " "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_fixture(dir: &Path, body: &str) -> PathBuf {
+        let key = dir.join("key");
+        std::fs::write(&key, "k").unwrap();
+        let kh = dir.join("known_hosts");
+        std::fs::write(&kh, "").unwrap();
+        let path = dir.join("codeb.toml");
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.write_all(
+            body.replace("KEY", key.to_str().unwrap())
+                .replace("KH", kh.to_str().unwrap())
+                .as_bytes(),
+        )
+        .unwrap();
+        path
+    }
+
+    const GOOD: &str = r#"
+[database]
+url = "postgres://codeb@10.0.0.2:5432/codeb"
+[routing]
+route_zone = "route.codeb.test"
+route_target = "app.route.codeb.test"
+base_domain = "codeb.test"
+preview_domain = "preview.codeb.test"
+public_http = "http://10.0.0.1:80"
+[pdns]
+api_url = "http://127.0.0.1:8081"
+[[servers]]
+name = "app"
+roles = ["app", "streaming", "backup"]
+address = "10.0.0.1"
+ssh_key_file = "KEY"
+known_hosts_file = "KH"
+[[servers]]
+name = "storage"
+roles = ["storage"]
+address = "storage.example.org"
+ssh_key_file = "KEY"
+known_hosts_file = "KH"
+"#;
+
+    fn load(body: &str) -> Result<Config, ConfigError> {
+        let dir = tempdir();
+        let path = write_fixture(&dir, body);
+        Config::load_with_env(&path, Env::prefixed("CODEB_TEST_NOTHING_"))
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("codeb-config-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = load(GOOD).unwrap();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.ssh.max_channels, 8);
+        assert_eq!(c.mcp.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.server_for(ServerRole::Storage).name, "storage");
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let e = Config::load(Path::new("/nonexistent/codeb.toml")).unwrap_err();
+        assert_eq!(e.field, "file");
+        assert!(e.to_string().contains("/nonexistent/codeb.toml"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = load(&GOOD.replace("[pdns]", "[pdns]\nbogus = 1")).unwrap_err();
+        assert_eq!(e.field, "pdns.bogus", "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn invalid_host_is_named() {
+        let e = load(&GOOD.replace("storage.example.org", "-bad host")).unwrap_err();
+        assert_eq!(e.field, "servers[1].address", "{e}");
+    }
+
+    #[test]
+    fn unreadable_key_is_named() {
+        let dir = tempdir();
+        let path = write_fixture(&dir, GOOD);
+        std::fs::remove_file(dir.join("key")).unwrap();
+        let e = Config::load_with_env(&path, Env::prefixed("CODEB_TEST_NOTHING_")).unwrap_err();
+        assert_eq!(e.field, "servers[0].ssh_key_file", "{e}");
+    }
+
+    #[test]
+    fn password_in_url_is_refused() {
+        let e = load(&GOOD.replace("codeb@", "codeb:hunter2@")).unwrap_err();
+        assert_eq!(e.field, "database.url");
+        assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn missing_role_is_refused() {
+        let e = load(&GOOD.replace(r#"roles = ["app", "streaming", "backup"]"#, r#"roles = ["app"]"#))
+            .unwrap_err();
+        assert_eq!(e.field, "servers");
+        assert!(e.message.contains("streaming"), "{e}");
+    }
+
+    #[test]
+    fn env_override_with_double_underscore() {
+        let dir = tempdir();
+        let path = write_fixture(&dir, GOOD);
+        // A dedicated prefix keeps this test independent of the real environment.
+        std::env::set_var("CODEBTEST1_SSH__MAX_CHANNELS", "3");
+        let c = Config::load_with_env(&path, Env::prefixed("CODEBTEST1_")).unwrap();
+        assert_eq!(c.ssh.max_channels, 3);
+        std::env::set_var("CODEBTEST1_SSH__MAX_CHANNELS", "0");
+        let e = Config::load_with_env(&path, Env::prefixed("CODEBTEST1_")).unwrap_err();
+        assert_eq!(e.field, "ssh.max_channels");
+        std::env::remove_var("CODEBTEST1_SSH__MAX_CHANNELS");
+    }
+
+    #[test]
+    fn unknown_role_is_named() {
+        let e = load(&GOOD.replace(r#"roles = ["storage"]"#, r#"roles = ["storag"]"#)).unwrap_err();
+        assert!(e.field.starts_with("servers"), "{e}");
+        assert!(e.message.contains("storag"), "{e}");
+    }
+}

@@ -1,0 +1,77 @@
+//! A fake `Remote` for fast unit tests of planning and error paths: it
+//! records every command and answers from a script. It adds to the
+//! real-testbed tests; it never replaces them.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::exec::remote::{CmdOutput, ExecError, Remote};
+use crate::plan::cmd::RemoteCmd;
+
+/// How the fake answers a command.
+#[derive(Debug, Clone)]
+pub enum FakeAnswer {
+    /// Exit status and stdout.
+    Output(i32, String),
+    /// The server is unreachable.
+    Unreachable,
+    /// The command timed out.
+    Timeout,
+}
+
+/// Records commands; answers by the first rule whose program matches.
+pub struct FakeRemote {
+    name: String,
+    rules: Vec<(&'static str, FakeAnswer)>,
+    /// Every command run, in order.
+    pub calls: Mutex<Vec<Vec<String>>>,
+}
+
+impl FakeRemote {
+    /// A fake server answering `Output(0, "")` to anything not in `rules`.
+    pub fn new(name: &str, rules: Vec<(&'static str, FakeAnswer)>) -> Self {
+        Self {
+            name: name.to_string(),
+            rules,
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl Remote for FakeRemote {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self, cmd: &RemoteCmd) -> Result<CmdOutput, ExecError> {
+        self.calls.lock().unwrap().push(cmd.argv());
+        let answer = self
+            .rules
+            .iter()
+            .find(|(p, _)| *p == cmd.program)
+            .map(|(_, a)| a.clone())
+            .unwrap_or(FakeAnswer::Output(0, String::new()));
+        match answer {
+            FakeAnswer::Output(code, out) => Ok(CmdOutput {
+                status: Some(code),
+                stdout: out.into_bytes(),
+                stderr: Vec::new(),
+                duration: Duration::from_millis(1),
+            }),
+            FakeAnswer::Unreachable => Err(ExecError::Unreachable {
+                server: self.name.clone(),
+                message: "fake: link down".into(),
+            }),
+            FakeAnswer::Timeout => Err(ExecError::Timeout {
+                server: self.name.clone(),
+                program: cmd.program.to_string(),
+                secs: 4,
+            }),
+        }
+    }
+
+    async fn close(&self) {}
+}

@@ -1,0 +1,92 @@
+//! The `Remote` trait: run one `RemoteCmd` on one server.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::plan::cmd::RemoteCmd;
+
+/// Longest stderr tail kept for journals and errors.
+pub const STDERR_TAIL_BYTES: usize = 2048;
+
+/// The result of a command that ran (whatever its exit status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdOutput {
+    /// Exit status; `None` when killed by a signal.
+    pub status: Option<i32>,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// Wall time including the round trip.
+    pub duration: Duration,
+}
+
+impl CmdOutput {
+    /// True on exit status 0.
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+    /// Stdout as (lossy) text.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// The last `STDERR_TAIL_BYTES` of stderr as text.
+    pub fn stderr_tail(&self) -> String {
+        let s = String::from_utf8_lossy(&self.stderr);
+        let mut start = s.len().saturating_sub(STDERR_TAIL_BYTES);
+        while !s.is_char_boundary(start) {
+            start += 1;
+        }
+        s[start..].trim().to_string()
+    }
+}
+
+/// Why a command could not be run to completion.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The server could not be reached (connect failed or timed out).
+    #[error("server {server} is unreachable: {message}")]
+    Unreachable {
+        /// Server name.
+        server: String,
+        /// What failed.
+        message: String,
+    },
+    /// The command did not finish within its time limit.
+    #[error("`{program}` on {server} did not finish within {secs} s")]
+    Timeout {
+        /// Server name.
+        server: String,
+        /// Program name.
+        program: String,
+        /// The limit.
+        secs: u64,
+    },
+    /// The transport failed while the command ran.
+    #[error("running `{program}` on {server} failed: {message}")]
+    Transport {
+        /// Server name.
+        server: String,
+        /// Program name.
+        program: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Runs commands on one server.
+#[async_trait]
+pub trait Remote: Send + Sync {
+    /// Server name, for messages.
+    fn name(&self) -> &str;
+    /// Runs `cmd` and returns its output; a non-zero exit is not an error here.
+    async fn run(&self, cmd: &RemoteCmd) -> Result<CmdOutput, ExecError>;
+    /// Closes connections (called once on shutdown).
+    async fn close(&self);
+}
+
+/// The effective limit of a command: its own, else the configured default.
+pub fn effective_timeout(cmd: &RemoteCmd, default: Duration) -> Duration {
+    cmd.timeout.unwrap_or(default)
+}

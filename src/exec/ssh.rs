@@ -1,0 +1,187 @@
+//! SSH executor (DESIGN §8): one multiplexed master per server through the
+//! `openssh` crate's native mux, strict known hosts from a pinned file,
+//! connect timeout and keepalive, at most `max_channels` commands at once,
+//! a remote `timeout` around every command plus a local bound, and a
+//! reconnect when the master has died or a command timed out.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use openssh::{KnownHosts, Session, SessionBuilder};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::config::{ServerConfig, SshConfig};
+use crate::exec::remote::{effective_timeout, CmdOutput, ExecError, Remote};
+use crate::plan::cmd::RemoteCmd;
+
+/// Extra time the remote `timeout` gives a command after TERM before KILL.
+const REMOTE_KILL_AFTER_SECS: u64 = 2;
+/// Extra local margin over the remote limit for the round trip.
+const LOCAL_MARGIN: Duration = Duration::from_secs(1);
+
+/// A server reached over SSH.
+pub struct SshRemote {
+    name: String,
+    destination: String,
+    builder: SessionBuilder,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    session: Mutex<Option<Arc<Session>>>,
+    channels: Semaphore,
+}
+
+impl SshRemote {
+    /// Prepares (does not open) the connection to `server`.
+    pub fn new(server: &ServerConfig, ssh: &SshConfig, control_dir: PathBuf) -> Self {
+        let mut b = SessionBuilder::default();
+        b.user(server.ssh_user.clone())
+            .port(server.ssh_port)
+            .known_hosts_check(KnownHosts::Strict)
+            .connect_timeout(ssh.connect_timeout())
+            .server_alive_interval(Duration::from_secs(ssh.keepalive_secs))
+            .control_directory(control_dir)
+            // Ignore the operator's ~/.ssh/config: the fleet config is the whole truth.
+            .config_file("/dev/null");
+        if let Some(k) = &server.ssh_key_file {
+            b.keyfile(k);
+        }
+        if let Some(kh) = &server.known_hosts_file {
+            b.user_known_hosts_file(kh);
+        }
+        Self {
+            name: server.name.clone(),
+            destination: server.address.clone(),
+            builder: b,
+            connect_timeout: ssh.connect_timeout(),
+            command_timeout: ssh.command_timeout(),
+            session: Mutex::new(None),
+            channels: Semaphore::new(ssh.max_channels),
+        }
+    }
+
+    async fn session(&self) -> Result<Arc<Session>, ExecError> {
+        let mut guard = self.session.lock().await;
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let started = Instant::now();
+        let connect = self.builder.connect_mux(&self.destination);
+        let session = match tokio::time::timeout(self.connect_timeout + LOCAL_MARGIN, connect).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(ExecError::Unreachable {
+                    server: self.name.clone(),
+                    message: error_chain(&e),
+                })
+            }
+            Err(_) => {
+                return Err(ExecError::Unreachable {
+                    server: self.name.clone(),
+                    message: format!("no SSH connection within {} s", self.connect_timeout.as_secs()),
+                })
+            }
+        };
+        tracing::debug!(server = %self.name, ms = started.elapsed().as_millis() as u64, "ssh master connected");
+        let s = Arc::new(session);
+        *guard = Some(s.clone());
+        Ok(s)
+    }
+
+    /// Drops the master so the next command reconnects.
+    async fn invalidate(&self, seen: &Arc<Session>) {
+        let mut guard = self.session.lock().await;
+        if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, seen)) {
+            guard.take();
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s.replace('\n', " ")
+}
+
+#[async_trait]
+impl Remote for SshRemote {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self, cmd: &RemoteCmd) -> Result<CmdOutput, ExecError> {
+        let limit = effective_timeout(cmd, self.command_timeout);
+        let _permit = self.channels.acquire().await.expect("semaphore is never closed");
+        let started = Instant::now();
+        let session = self.session().await?;
+        // The remote `timeout` stops the command on the server even when
+        // this side gives up; the local bound covers a dead link.
+        let mut c = Session::to_command(session.clone(), "timeout");
+        c.arg(format!("--kill-after={REMOTE_KILL_AFTER_SECS}"))
+            .arg(limit.as_secs().max(1).to_string())
+            .arg(cmd.program)
+            .args(&cmd.args)
+            .stdin(openssh::Stdio::null())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
+        let local_limit = limit + Duration::from_secs(REMOTE_KILL_AFTER_SECS) + LOCAL_MARGIN;
+        match tokio::time::timeout(local_limit, c.output()).await {
+            Ok(Ok(out)) => Ok(CmdOutput {
+                status: out.status.code(),
+                stdout: out.stdout,
+                stderr: out.stderr,
+                duration: started.elapsed(),
+            }),
+            Ok(Err(e)) => {
+                let dead = session.check().await.is_err();
+                if dead {
+                    self.invalidate(&session).await;
+                }
+                Err(if dead {
+                    ExecError::Unreachable {
+                        server: self.name.clone(),
+                        message: error_chain(&e),
+                    }
+                } else {
+                    ExecError::Transport {
+                        server: self.name.clone(),
+                        program: cmd.program.to_string(),
+                        message: error_chain(&e),
+                    }
+                })
+            }
+            Err(_) => {
+                // A command that outlived its remote timeout means the link
+                // (or the master) is gone: start over next time.
+                self.invalidate(&session).await;
+                Err(ExecError::Timeout {
+                    server: self.name.clone(),
+                    program: cmd.program.to_string(),
+                    secs: limit.as_secs(),
+                })
+            }
+        }
+    }
+
+    async fn close(&self) {
+        let session = self.session.lock().await.take();
+        if let Some(s) = session {
+            match Arc::try_unwrap(s) {
+                Ok(s) => {
+                    if let Err(e) = s.close().await {
+                        tracing::debug!(server = %self.name, error = %e, "ssh close");
+                    }
+                }
+                // Still in use by a command that is finishing: dropping our
+                // handle lets the last user's drop end the master.
+                Err(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! The `codeb` binary: thin; everything lives in the library.
+
+fn main() -> std::process::ExitCode {
+    codeb::cli::main()
+}

@@ -1,0 +1,154 @@
+//! `health_check`: is every server reachable, and is every service of its
+//! roles answering?
+
+use futures::future::join_all;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::{tool, tool_router};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::mcp::CodebServer;
+use crate::model::{describe_input, is_valid_server_name, ServerRole};
+use crate::ops::health::check_server;
+
+/// Input of health_check.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckParams {
+    /// Check only this server (its name from codeb.toml, e.g. `app`); all servers when omitted.
+    #[serde(default)]
+    pub server: Option<String>,
+}
+
+/// Health of one service.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ServiceHealth {
+    /// Service name: podman, caddy_admin, pdns_api, postgres, redis, registry, streaming_health or backup_disk.
+    pub service: String,
+    /// True when the service answered as expected.
+    pub healthy: bool,
+    /// Version, HTTP status, free space or the error seen.
+    pub detail: String,
+    /// Time the probe took, in milliseconds.
+    pub latency_ms: u64,
+}
+
+/// Health of one server.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ServerHealth {
+    /// Server name.
+    pub name: String,
+    /// Roles the server holds.
+    pub roles: Vec<ServerRole>,
+    /// True when the server is reachable and every service is healthy.
+    pub healthy: bool,
+    /// True when a command could be run there.
+    pub reachable: bool,
+    /// Round trip of a no-op command, in milliseconds.
+    pub latency_ms: Option<u64>,
+    /// Why the server is unreachable.
+    pub error: Option<String>,
+    /// Per-service results (empty when unreachable).
+    pub services: Vec<ServiceHealth>,
+}
+
+/// Result of health_check.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HealthCheckResult {
+    /// One line for the reader: how many servers are healthy and which are not.
+    pub summary: String,
+    /// True when every checked server is healthy and the state database answers.
+    pub healthy: bool,
+    /// codeb's own state database.
+    pub database: DatabaseHealth,
+    /// Each checked server.
+    pub servers: Vec<ServerHealth>,
+}
+
+/// Health of codeb's state database.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DatabaseHealth {
+    /// True when a query succeeded.
+    pub healthy: bool,
+    /// Round-trip time or the error.
+    pub detail: String,
+}
+
+#[tool_router(router = health_check_router, vis = "pub(crate)")]
+impl CodebServer {
+    /// Check every server of the fleet (or one): reachability over SSH with latency, and per role the services codeb depends on — app: podman, Caddy admin API, PowerDNS API; storage: PostgreSQL, Redis, registry; streaming: its health endpoint; backup: free disk space. Also checks codeb's state database. Read-only.
+    #[tool(
+        name = "health_check",
+        title = "Check fleet health",
+        annotations(title = "Check fleet health", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    pub async fn health_check(
+        &self,
+        Parameters(p): Parameters<HealthCheckParams>,
+    ) -> Result<Json<HealthCheckResult>, String> {
+        let ctx = self.ctx();
+        if let Some(name) = &p.server {
+            if !is_valid_server_name(name) || !ctx.fleet.servers().any(|(s, _)| &s.name == name) {
+                let known: Vec<_> = ctx.fleet.servers().map(|(s, _)| s.name.as_str()).collect();
+                return Err(format!(
+                    "unknown server {}; known servers: {}",
+                    describe_input(name),
+                    known.join(", ")
+                ));
+            }
+        }
+        let config = ctx.config.clone();
+        let checks = ctx
+            .fleet
+            .servers()
+            .filter(|(s, _)| p.server.as_ref().is_none_or(|n| &s.name == n))
+            .map(|(s, r)| check_server(&config, s, r.clone()));
+        let (reports, db) = tokio::join!(join_all(checks), ctx.db.ping());
+        let database = match db {
+            Ok(d) => DatabaseHealth { healthy: true, detail: format!("query answered in {} ms", d.as_millis()) },
+            Err(e) => DatabaseHealth { healthy: false, detail: e.to_string() },
+        };
+        let servers: Vec<ServerHealth> = reports
+            .into_iter()
+            .map(|r| ServerHealth {
+                healthy: r.healthy(),
+                name: r.name,
+                roles: r.roles,
+                reachable: r.reachable,
+                latency_ms: r.latency_ms,
+                error: r.error,
+                services: r
+                    .services
+                    .into_iter()
+                    .map(|s| ServiceHealth { service: s.service, healthy: s.healthy, detail: s.detail, latency_ms: s.latency_ms })
+                    .collect(),
+            })
+            .collect();
+        let ok = servers.iter().filter(|s| s.healthy).count();
+        let problems: Vec<String> = servers
+            .iter()
+            .filter(|s| !s.healthy)
+            .map(|s| {
+                if !s.reachable {
+                    format!("{} unreachable", s.name)
+                } else {
+                    let bad: Vec<_> = s.services.iter().filter(|x| !x.healthy).map(|x| x.service.as_str()).collect();
+                    format!("{}: {} unhealthy", s.name, bad.join(", "))
+                }
+            })
+            .collect();
+        let mut summary = format!("{ok}/{} servers healthy", servers.len());
+        if !problems.is_empty() {
+            summary.push_str(&format!(" ({})", problems.join("; ")));
+        }
+        if !database.healthy {
+            summary.push_str("; state database unavailable");
+        }
+        Ok(Json(HealthCheckResult {
+            healthy: ok == servers.len() && database.healthy,
+            summary,
+            database,
+            servers,
+        }))
+    }
+}

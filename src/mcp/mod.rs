@@ -1,0 +1,128 @@
+//! The MCP server: one file per tool (file name = tool name), handlers stay
+//! thin and call `ops`. This module wires them into one `ServerHandler`.
+
+pub mod health_check;
+pub mod http;
+pub mod project_list;
+pub mod slot_status;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult, PaginatedRequestParams,
+    ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+
+use crate::ops::Ctx;
+
+/// Protocol versions codeb implements (DESIGN §5): both eras.
+pub const SUPPORTED_PROTOCOL_VERSIONS: &[ProtocolVersion] = &[
+    ProtocolVersion::V_2026_07_28,
+    ProtocolVersion::V_2025_11_25,
+    ProtocolVersion::V_2025_06_18,
+];
+
+/// Text shown to the model at initialization.
+pub const INSTRUCTIONS: &str = "codeb deploys projects blue-green on a four-server fleet. \
+Start with health_check and project_list; slot_status shows what runs where. \
+Every result carries a `summary`; errors say what to do next.";
+
+/// The MCP server. Cheap to clone: the HTTP transport builds one per session
+/// from shared state.
+#[derive(Clone)]
+pub struct CodebServer {
+    ctx: Arc<Ctx>,
+    tools: Arc<ToolRouter<CodebServer>>,
+}
+
+impl CodebServer {
+    /// A server over shared context.
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        Self {
+            ctx,
+            tools: Arc::new(Self::all_tools()),
+        }
+    }
+
+    /// Shares the tool router of another instance (per-session construction).
+    pub fn with_router(ctx: Arc<Ctx>, tools: Arc<ToolRouter<CodebServer>>) -> Self {
+        Self { ctx, tools }
+    }
+
+    /// Every tool of codeb.
+    pub fn all_tools() -> ToolRouter<CodebServer> {
+        Self::health_check_router() + Self::project_list_router() + Self::slot_status_router()
+    }
+
+    /// The router, for sharing between sessions.
+    pub fn router(&self) -> Arc<ToolRouter<CodebServer>> {
+        self.tools.clone()
+    }
+
+    /// Tool definitions sorted by name (schema snapshots, `tools/list`).
+    pub fn tool_definitions() -> Vec<Tool> {
+        Self::all_tools().list_all()
+    }
+
+    /// The shared context.
+    pub fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+}
+
+impl ServerHandler for CodebServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new("codeb", env!("CARGO_PKG_VERSION"))
+                    .with_title("codeb deployment platform")
+                    .with_description("Blue-green deployments over SSH, driven through MCP"),
+            )
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(SUPPORTED_PROTOCOL_VERSIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.tools.list_all()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.tools.get(name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let name = request.name.to_string();
+        let started = Instant::now();
+        let tcc = ToolCallContext::new(self, request, context);
+        let result = self.tools.call(tcc).await;
+        let outcome = match &result {
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
+            Ok(_) => "ok",
+            Err(_) => "protocol_error",
+        };
+        tracing::info!(
+            tool = ?name,
+            outcome,
+            ms = started.elapsed().as_millis() as u64,
+            "tool call"
+        );
+        result
+    }
+}

@@ -1,0 +1,7 @@
+//! PURE planning: turns inputs and observations into commands and plans.
+//! No async, no I/O, no clock, no randomness — everything here is tested
+//! without a server.
+
+pub mod cmd;
+pub mod health;
+pub mod podman;

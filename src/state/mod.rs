@@ -1,0 +1,127 @@
+//! PostgreSQL access through sqlx: connection, embedded migrations and one
+//! file per noun. No business rules here.
+
+pub mod projects;
+pub mod slots;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::sync::OnceCell;
+
+use crate::config::Config;
+
+/// The embedded migrations (`src/state/migrations`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/state/migrations");
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Connection or query failure.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Migration failure.
+    #[error("database migration failed: {0}")]
+    Migrate(String),
+    /// Configuration problem (bad URL, unreadable password file).
+    #[error("database config: {0}")]
+    Config(String),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        DbError::Unavailable(e.to_string().replace('\n', " "))
+    }
+}
+
+/// A lazily opened, migrated pool: nothing touches the network until the
+/// first query, so `codeb serve` answers `initialize` without a database.
+#[derive(Clone)]
+pub struct Db {
+    options: Option<PgConnectOptions>,
+    config_error: Option<String>,
+    max_connections: u32,
+    acquire_timeout: Duration,
+    pool: std::sync::Arc<OnceCell<PgPool>>,
+}
+
+impl Db {
+    /// Prepares the pool from config; connects nothing.
+    pub fn from_config(config: &Config) -> Self {
+        let (options, config_error) = match connect_options(config) {
+            Ok(o) => (Some(o), None),
+            Err(e) => (None, Some(e)),
+        };
+        Self {
+            options,
+            config_error,
+            max_connections: config.database.max_connections,
+            acquire_timeout: Duration::from_secs(config.database.connect_timeout_secs),
+            pool: std::sync::Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// Wraps an existing pool (tests).
+    pub fn from_pool(pool: PgPool) -> Self {
+        let cell = OnceCell::new();
+        cell.set(pool).expect("fresh cell");
+        Self {
+            options: None,
+            config_error: None,
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+            pool: std::sync::Arc::new(cell),
+        }
+    }
+
+    /// The pool, connecting and migrating on first use.
+    pub async fn pool(&self) -> Result<&PgPool, DbError> {
+        self.pool
+            .get_or_try_init(|| async {
+                let options = self
+                    .options
+                    .clone()
+                    .ok_or_else(|| DbError::Config(self.config_error.clone().unwrap_or_default()))?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(self.max_connections)
+                    .acquire_timeout(self.acquire_timeout)
+                    .connect_with(options)
+                    .await?;
+                MIGRATOR
+                    .run(&pool)
+                    .await
+                    .map_err(|e| DbError::Migrate(e.to_string()))?;
+                Ok(pool)
+            })
+            .await
+    }
+
+    /// Connects (if needed) and applies migrations; returns how many are applied.
+    pub async fn migrate(&self) -> Result<usize, DbError> {
+        let pool = self.pool().await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?;
+        Ok(n as usize)
+    }
+
+    /// A cheap round trip, for health and readiness.
+    pub async fn ping(&self) -> Result<Duration, DbError> {
+        let started = std::time::Instant::now();
+        let pool = self.pool().await?;
+        sqlx::query("SELECT 1").execute(pool).await?;
+        Ok(started.elapsed())
+    }
+}
+
+fn connect_options(config: &Config) -> Result<PgConnectOptions, String> {
+    let mut o = PgConnectOptions::from_str(&config.database.url)
+        .map_err(|e| format!("database.url: {e}"))?
+        .application_name("codeb");
+    if let Some(p) = config.database_password().map_err(|e| e.to_string())? {
+        o = o.password(&p);
+    }
+    Ok(o)
+}
