@@ -126,3 +126,76 @@ impl ServerHandler for CodebServer {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::exec::fake::FakeRemote;
+    use crate::exec::{Fleet, Remote};
+    use crate::mcp::health_check::HealthCheckParams;
+    use crate::mcp::slot_status::SlotStatusParams;
+    use crate::state::Db;
+    use rmcp::handler::server::wrapper::Parameters;
+
+    fn server_with_fake() -> (CodebServer, Arc<FakeRemote>) {
+        let config: Config = toml::from_str(
+            r#"
+[database]
+url = "postgres://codeb@127.0.0.1:1/codeb"
+[routing]
+route_zone = "route.codeb.test"
+route_target = "app.route.codeb.test"
+base_domain = "codeb.test"
+preview_domain = "preview.codeb.test"
+public_http = "http://127.0.0.1:80"
+[pdns]
+api_url = "http://127.0.0.1:8081"
+[[servers]]
+name = "app"
+roles = ["app", "storage", "streaming", "backup"]
+address = "local"
+"#,
+        )
+        .unwrap();
+        let fake = Arc::new(FakeRemote::new("app", vec![]));
+        let fleet = Fleet::from_parts(vec![(config.servers[0].clone(), fake.clone() as Arc<dyn Remote>)]);
+        let db = Db::from_config(&config);
+        (CodebServer::new(Arc::new(Ctx::from_parts(config, fleet, db))), fake)
+    }
+
+    #[tokio::test]
+    async fn bad_input_executes_nothing() {
+        let (server, fake) = server_with_fake();
+        let huge = "x".repeat(1 << 20);
+        for project in ["", "-rf", "a\nb", "$(id)", "`id`", "../etc", "shop;ls", huge.as_str()] {
+            let e = server
+                .slot_status(Parameters(SlotStatusParams { project: project.to_string(), environment: None }))
+                .await
+                .err()
+                .expect("refused");
+            assert!(e.contains("project name"), "{e}");
+        }
+        for name in ["-oProxyCommand=x", "", "nope", "app\n"] {
+            let e = server
+                .health_check(Parameters(HealthCheckParams { server: Some(name.to_string()) }))
+                .await
+                .err()
+                .expect("refused");
+            assert!(e.contains("unknown server"), "{e}");
+        }
+        assert!(fake.calls.lock().unwrap().is_empty(), "no command ran: {:?}", fake.calls.lock().unwrap());
+    }
+
+    #[test]
+    fn server_info_is_codeb() {
+        let (server, _) = server_with_fake();
+        let info = server.get_info();
+        assert_eq!(info.server_info.name, "codeb");
+        assert!(info.capabilities.tools.is_some());
+        assert_eq!(
+            server.supported_protocol_versions().iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+            ["2026-07-28", "2025-11-25", "2025-06-18"]
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! these; these call `state`, `plan` and `exec`.
 
 pub mod health;
+pub mod observe;
 pub mod slots;
 
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct Ctx {
     pub fleet: Fleet,
     /// State database.
     pub db: Db,
+    /// Briefly cached observations of the servers.
+    pub observer: observe::Observer,
 }
 
 impl Ctx {
@@ -26,10 +29,16 @@ impl Ctx {
     pub fn new(config: Config) -> Self {
         let fleet = Fleet::from_config(&config);
         let db = Db::from_config(&config);
+        Self::from_parts(config, fleet, db)
+    }
+
+    /// Context from given parts (tests use a fake fleet).
+    pub fn from_parts(config: Config, fleet: Fleet, db: Db) -> Self {
         Self {
             config: Arc::new(config),
             fleet,
             db,
+            observer: observe::Observer::default(),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! slot_status: the database's view of a project's slots joined with what
 //! podman really runs on the app server.
 
-use crate::model::{validate_project_name, Environment, Invalid, ServerRole, SlotName};
+use crate::model::{validate_project_name, Environment, Invalid, SlotName};
 use crate::ops::Ctx;
-use crate::plan::podman::{self, Container};
+use crate::plan::podman::Container;
 use crate::state::{self, DbError};
 
 /// One slot as recorded and as observed.
@@ -63,25 +63,18 @@ pub fn container_name(project: &str, env: Environment, slot: SlotName) -> String
 pub async fn slot_status(ctx: &Ctx, project: &str, environment: Option<Environment>) -> Result<SlotStatus, SlotStatusError> {
     validate_project_name(project)?;
     let pool = ctx.db.pool().await?;
-    let row = state::projects::project_by_name(pool, project)
-        .await?
-        .ok_or_else(|| SlotStatusError::NotFound(project.to_string()))?;
-    let rows = state::slots::slots_for_project(pool, row.id, environment.map(Environment::as_str)).await?;
-
-    let observed: Result<Vec<Container>, String> = match ctx.fleet.for_role(ServerRole::App) {
-        None => Err("no app server configured".into()),
-        Some((_, remote)) => {
-            let cmd = podman::ps(Some(project))?;
-            match remote.run(&cmd).await {
-                Ok(out) if out.success() => podman::parse_ps(&out.stdout_text()),
-                Ok(out) => Err(format!("podman ps failed: {}", out.stderr_tail())),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    };
+    let env_name = environment.map(Environment::as_str);
+    let (rows, observed) = tokio::join!(
+        state::slots::slots_for_project_name(pool, project, env_name),
+        ctx.observer.containers(&ctx.fleet)
+    );
+    let rows = rows?;
+    if rows.is_empty() && state::projects::project_by_name(pool, project).await?.is_none() {
+        return Err(SlotStatusError::NotFound(project.to_string()));
+    }
     let (containers, observe_error) = match observed {
-        Ok(c) => (c, None),
-        Err(e) => (Vec::new(), Some(e)),
+        Ok(snapshot) => (snapshot.containers, None),
+        Err(e) => (Default::default(), Some(e)),
     };
 
     let mut slots = Vec::new();

@@ -84,6 +84,21 @@ impl Db {
                     .options
                     .clone()
                     .ok_or_else(|| DbError::Config(self.config_error.clone().unwrap_or_default()))?;
+                // One direct connection first: a pool only says "timed out",
+                // a connection says why (refused, auth failed, no such db).
+                use sqlx::Connection;
+                match tokio::time::timeout(self.acquire_timeout, sqlx::PgConnection::connect_with(&options)).await {
+                    Ok(Ok(c)) => {
+                        let _ = c.close().await;
+                    }
+                    Ok(Err(e)) => return Err(e.into()),
+                    Err(_) => {
+                        return Err(DbError::Unavailable(format!(
+                            "no connection within {} s",
+                            self.acquire_timeout.as_secs()
+                        )))
+                    }
+                }
                 let pool = PgPoolOptions::new()
                     .max_connections(self.max_connections)
                     .acquire_timeout(self.acquire_timeout)

@@ -46,3 +46,25 @@ pub async fn slots_for_project(
     .fetch_all(pool)
     .await?)
 }
+
+/// Every slot of the live project named `project` in one query (empty when
+/// the project does not exist or has no environments).
+pub async fn slots_for_project_name(
+    pool: &PgPool,
+    project: &str,
+    environment: Option<&str>,
+) -> Result<Vec<SlotRow>, DbError> {
+    Ok(sqlx::query_as::<_, SlotRow>(
+        "SELECT s.environment, s.slot, s.state, s.image, s.deployment_id, s.env_version,
+                s.grace_expires_at, pe.base_port
+           FROM projects p
+           JOIN slots s ON s.project_id = p.id
+           JOIN project_environments pe ON pe.project_id = s.project_id AND pe.environment = s.environment
+          WHERE p.name = $1 AND p.deleted_at IS NULL AND ($2::text IS NULL OR s.environment = $2)
+          ORDER BY s.environment, s.slot",
+    )
+    .bind(project)
+    .bind(environment)
+    .fetch_all(pool)
+    .await?)
+}

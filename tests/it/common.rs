@@ -1,0 +1,209 @@
+//! Shared test helpers: the testbed's facts, spawning codeb, MCP clients.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use rmcp::model::{CallToolRequestParams, CallToolResult};
+use rmcp::service::RunningService;
+use rmcp::RoleClient;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Tests that cut links or stop services take this for writing; every test
+/// that needs a healthy testbed takes it for reading.
+pub static FAULT_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// What `tools/testbed status --json` reports.
+#[derive(Debug, Clone)]
+pub struct Testbed {
+    /// Generated codeb.toml.
+    pub config: PathBuf,
+    /// The whole status document.
+    pub status: Value,
+}
+
+impl Testbed {
+    /// postgres URL with password, for direct access from tests.
+    pub fn database_url(&self) -> String {
+        let url = self.status["database_url"].as_str().expect("database_url");
+        let pw_file = self.status["database_password_file"].as_str().expect("password file");
+        let pw = std::fs::read_to_string(pw_file).expect("read db password");
+        url.replacen("codeb@", &format!("codeb:{}@", pw.trim()), 1)
+    }
+}
+
+/// Repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The testbed, which must be up (`tools/test` brings it up).
+pub fn testbed() -> &'static Testbed {
+    static TB: OnceLock<Testbed> = OnceLock::new();
+    TB.get_or_init(|| {
+        let out = std::process::Command::new(repo().join("tools/testbed"))
+            .args(["status", "--json"])
+            .output()
+            .expect("run tools/testbed status --json");
+        let status: Value = serde_json::from_slice(&out.stdout).expect("testbed status is JSON");
+        assert_eq!(
+            status["up"],
+            json!(true),
+            "the testbed is not up: run `tools/testbed up` (tools/test does this)"
+        );
+        Testbed {
+            config: PathBuf::from(status["config"].as_str().expect("config path")),
+            status,
+        }
+    })
+}
+
+/// Runs `tools/testbed ARGS` and asserts success.
+pub fn testbed_cmd(args: &[&str]) {
+    let out = std::process::Command::new(repo().join("tools/testbed"))
+        .args(args)
+        .output()
+        .expect("run tools/testbed");
+    assert!(
+        out.status.success(),
+        "tools/testbed {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The codeb binary under test.
+pub fn codeb_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_codeb"))
+}
+
+/// A direct database pool (for fixtures).
+pub async fn db() -> sqlx::PgPool {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&testbed().database_url())
+        .await
+        .expect("connect to the testbed database");
+    codeb::state::MIGRATOR.run(&pool).await.expect("migrate");
+    pool
+}
+
+/// A unique project name for one test.
+pub fn unique_project(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}-{}", &id[..8])
+}
+
+/// An MCP client over stdio to a fresh `codeb serve`.
+pub async fn stdio_client() -> RunningService<RoleClient, ()> {
+    use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+    use rmcp::ServiceExt;
+    let config = testbed().config.clone();
+    let transport = TokioChildProcess::new(tokio::process::Command::new(codeb_bin()).configure(|c| {
+        c.arg("--config").arg(&config).arg("serve").env("CODEB_LOG", "warn");
+    }))
+    .expect("spawn codeb serve");
+    ().serve(transport).await.expect("stdio initialize")
+}
+
+/// A running `codeb serve --http 127.0.0.1:0`; killed on drop.
+pub struct HttpServer {
+    /// `http://127.0.0.1:PORT/mcp`
+    pub url: String,
+    child: tokio::process::Child,
+}
+
+impl HttpServer {
+    /// Starts codeb over HTTP with the testbed config and waits until it listens.
+    pub async fn start() -> Self {
+        Self::start_with(&testbed().config, &[]).await
+    }
+
+    /// Starts codeb over HTTP with `config` and extra environment.
+    pub async fn start_with(config: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = tokio::process::Command::new(codeb_bin());
+        cmd.arg("--config")
+            .arg(config)
+            .args(["serve", "--http", "127.0.0.1:0"])
+            .env("CODEB_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn codeb serve --http");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.expect("read stderr") {
+                if let Some(rest) = line.strip_prefix("codeb: serving MCP at ") {
+                    return rest.trim().to_string();
+                }
+            }
+            panic!("codeb exited before listening");
+        })
+        .await
+        .expect("codeb listens within 30 s");
+        // Keep draining stderr so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { url, child }
+    }
+
+    /// An rmcp client over streamable HTTP.
+    pub async fn client(&self) -> RunningService<RoleClient, ()> {
+        use rmcp::transport::StreamableHttpClientTransport;
+        use rmcp::ServiceExt;
+        let transport = StreamableHttpClientTransport::from_uri(self.url.clone());
+        ().serve(transport).await.expect("http initialize")
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// Calls a tool and returns the result (tool errors included).
+pub async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> CallToolResult {
+    let Value::Object(map) = args else { panic!("arguments must be an object") };
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(map))
+        .await
+        .unwrap_or_else(|e| panic!("tools/call {tool} failed at the protocol level: {e}"))
+}
+
+/// The structured result of a successful call.
+pub fn structured(r: &CallToolResult) -> &Value {
+    assert_ne!(r.is_error, Some(true), "tool returned an error: {:?}", r.content);
+    r.structured_content.as_ref().expect("structured content")
+}
+
+/// The text of an error result.
+pub fn error_text(r: &CallToolResult) -> String {
+    assert_eq!(r.is_error, Some(true), "expected isError, got {:?}", r.structured_content);
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Registers a project directly in the database (project_create arrives in issue [2]).
+pub async fn insert_project(pool: &sqlx::PgPool, name: &str) -> i64 {
+    codeb::state::projects::project_insert(pool, name, "default", "node")
+        .await
+        .expect("insert project")
+}
+
+/// Removes a test project.
+pub async fn delete_project(pool: &sqlx::PgPool, name: &str) {
+    sqlx::query("DELETE FROM projects WHERE name = $1")
+        .bind(name)
+        .execute(pool)
+        .await
+        .expect("delete project");
+}

@@ -1,0 +1,11 @@
+//! codeb's integration tests: one binary, a module per area. Everything
+//! here runs against the real testbed (`tools/testbed up`) and the real
+//! binary; `tools/test` brings the testbed up and sets DATABASE_URL.
+
+mod cli;
+mod common;
+mod db;
+mod faults;
+mod mcp_http;
+mod mcp_stdio;
+mod schemas;
