@@ -98,7 +98,9 @@ pub fn main() -> ExitCode {
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CODEB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -120,7 +122,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Serve { http: None } => {
             // No SSH or database connection is opened before `initialize`
             // is answered: both connect lazily on first use.
-            let server = CodebServer::new(ctx.clone()).serve(rmcp::transport::stdio()).await?;
+            let server = CodebServer::new(ctx.clone())
+                .serve(rmcp::transport::stdio())
+                .await?;
             tokio::select! {
                 r = server.waiting() => { r?; }
                 _ = cancel.cancelled() => {}
@@ -151,22 +155,38 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{}", r.0.summary);
                 for s in &r.0.servers {
-                    println!("  {:<10} {}", s.name, if s.healthy { "healthy" } else { "UNHEALTHY" });
+                    println!(
+                        "  {:<10} {}",
+                        s.name,
+                        if s.healthy { "healthy" } else { "UNHEALTHY" }
+                    );
                     for svc in &s.services {
-                        println!("    {:<18} {:<9} {}", svc.service, if svc.healthy { "ok" } else { "FAIL" }, svc.detail);
+                        println!(
+                            "    {:<18} {:<9} {}",
+                            svc.service,
+                            if svc.healthy { "ok" } else { "FAIL" },
+                            svc.detail
+                        );
                     }
                     if let Some(e) = &s.error {
                         println!("    {e}");
                     }
                 }
             }
-            Ok(if r.0.healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if r.0.healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Status { project } => {
             let server = CodebServer::new(ctx.clone());
             let r = server
                 .slot_status(rmcp::handler::server::wrapper::Parameters(
-                    crate::mcp::slot_status::SlotStatusParams { project, environment: None },
+                    crate::mcp::slot_status::SlotStatusParams {
+                        project,
+                        environment: None,
+                    },
                 ))
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -183,7 +203,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

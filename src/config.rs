@@ -395,7 +395,10 @@ impl Config {
             return Err(ConfigError::new("servers", "at least one server is needed"));
         }
         if self.ssh.max_channels == 0 || self.ssh.max_channels > 64 {
-            return Err(ConfigError::new("ssh.max_channels", "must be between 1 and 64"));
+            return Err(ConfigError::new(
+                "ssh.max_channels",
+                "must be between 1 and 64",
+            ));
         }
         if self.ssh.connect_timeout_secs == 0 || self.ssh.command_timeout_secs == 0 {
             return Err(ConfigError::new(
@@ -410,11 +413,17 @@ impl Config {
             if !crate::model::is_valid_server_name(&s.name) {
                 return Err(ConfigError::new(
                     f("name"),
-                    format!("{:?} is not a valid server name (lowercase letters, digits, '-')", s.name),
+                    format!(
+                        "{:?} is not a valid server name (lowercase letters, digits, '-')",
+                        s.name
+                    ),
                 ));
             }
             if !names.insert(s.name.clone()) {
-                return Err(ConfigError::new(f("name"), format!("duplicate server name {:?}", s.name)));
+                return Err(ConfigError::new(
+                    f("name"),
+                    format!("duplicate server name {:?}", s.name),
+                ));
             }
             if s.roles.is_empty() {
                 return Err(ConfigError::new(f("roles"), "at least one role is needed"));
@@ -423,11 +432,17 @@ impl Config {
             if !s.is_local() {
                 if s.address.parse::<IpAddr>().is_err() {
                     validate_hostname(&s.address).map_err(|e| {
-                        ConfigError::new(f("address"), format!("{:?} is not an IP address or host name: {e}", s.address))
+                        ConfigError::new(
+                            f("address"),
+                            format!("{:?} is not an IP address or host name: {e}", s.address),
+                        )
                     })?;
                 }
                 if !crate::model::is_valid_ssh_user(&s.ssh_user) {
-                    return Err(ConfigError::new(f("ssh_user"), format!("{:?} is not a valid user name", s.ssh_user)));
+                    return Err(ConfigError::new(
+                        f("ssh_user"),
+                        format!("{:?} is not a valid user name", s.ssh_user),
+                    ));
                 }
                 let key = s.ssh_key_file.as_ref().ok_or_else(|| {
                     ConfigError::new(f("ssh_key_file"), "required for a server that is not local")
@@ -463,12 +478,20 @@ impl Config {
 
     /// The database password, from `CODEB_DATABASE_PASSWORD` or the password file.
     pub fn database_password(&self) -> Result<Option<String>, ConfigError> {
-        secret_from("CODEB_DATABASE_PASSWORD", "database.password_file", self.database.password_file.as_deref())
+        secret_from(
+            "CODEB_DATABASE_PASSWORD",
+            "database.password_file",
+            self.database.password_file.as_deref(),
+        )
     }
 
     /// The PowerDNS API key, from `CODEB_PDNS_API_KEY` or the key file.
     pub fn pdns_api_key(&self) -> Result<Option<String>, ConfigError> {
-        secret_from("CODEB_PDNS_API_KEY", "pdns.api_key_file", self.pdns.api_key_file.as_deref())
+        secret_from(
+            "CODEB_PDNS_API_KEY",
+            "pdns.api_key_file",
+            self.pdns.api_key_file.as_deref(),
+        )
     }
 }
 
@@ -622,8 +645,11 @@ known_hosts_file = "KH"
 
     #[test]
     fn missing_role_is_refused() {
-        let e = load(&GOOD.replace(r#"roles = ["app", "streaming", "backup"]"#, r#"roles = ["app"]"#))
-            .unwrap_err();
+        let e = load(&GOOD.replace(
+            r#"roles = ["app", "streaming", "backup"]"#,
+            r#"roles = ["app"]"#,
+        ))
+        .unwrap_err();
         assert_eq!(e.field, "servers");
         assert!(e.message.contains("streaming"), "{e}");
     }

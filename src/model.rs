@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_NAME_LEN: usize = 253;
 
 /// A role a server plays in the fleet (DESIGN §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ServerRole {
     /// Containers, Caddy, PowerDNS.
@@ -46,7 +48,9 @@ impl fmt::Display for ServerRole {
 }
 
 /// A deployment environment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
     /// Live traffic.
@@ -92,7 +96,9 @@ impl fmt::Display for Environment {
 }
 
 /// One of the two slots of a (project, environment).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SlotName {
     /// Even port.
@@ -233,7 +239,10 @@ pub fn validate_hostname(name: &str) -> Result<(), String> {
         return Err("empty host name".into());
     }
     if name.len() > 253 {
-        return Err(format!("host name of {} characters is longer than 253", name.len()));
+        return Err(format!(
+            "host name of {} characters is longer than 253",
+            name.len()
+        ));
     }
     for label in name.split('.') {
         if label.is_empty() {
@@ -245,7 +254,10 @@ pub fn validate_hostname(name: &str) -> Result<(), String> {
         if label.starts_with('-') || label.ends_with('-') {
             return Err(format!("label {label:?} starts or ends with '-'"));
         }
-        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return Err(format!(
                 "label {} has characters other than letters, digits and '-' (use punycode for unicode names)",
                 describe_input(label)
@@ -267,8 +279,20 @@ mod tests {
         let long = "a".repeat(33);
         let huge = "a".repeat(1 << 20);
         for bad in [
-            "", "ab", "-abc", "Abc", "abc-", "a_b", "a b", "abc\n", "1abc", "ab;c", "$(id)", long.as_str(),
-            huge.as_str(), "аbc", // Cyrillic a
+            "",
+            "ab",
+            "-abc",
+            "Abc",
+            "abc-",
+            "a_b",
+            "a b",
+            "abc\n",
+            "1abc",
+            "ab;c",
+            "$(id)",
+            long.as_str(),
+            huge.as_str(),
+            "аbc", // Cyrillic a
         ] {
             let e = validate_project_name(bad).unwrap_err();
             assert!(e.0.len() < 300, "error text is bounded");
@@ -279,7 +303,15 @@ mod tests {
     fn hostnames() {
         assert!(validate_hostname("shop.example.test").is_ok());
         assert!(validate_hostname("xn--bcher-kva.example").is_ok());
-        for bad in ["", "a..b", "-a.b", "a-.b", "bücher.example", "*.example", &"a".repeat(300)] {
+        for bad in [
+            "",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "bücher.example",
+            "*.example",
+            &"a".repeat(300),
+        ] {
             assert!(validate_hostname(bad).is_err(), "{bad}");
         }
     }

@@ -25,7 +25,11 @@ impl Fleet {
             .iter()
             .map(|s| {
                 let remote: Arc<dyn Remote> = if s.is_local() {
-                    Arc::new(LocalRemote::new(&s.name, config.ssh.command_timeout(), config.ssh.max_channels))
+                    Arc::new(LocalRemote::new(
+                        &s.name,
+                        config.ssh.command_timeout(),
+                        config.ssh.max_channels,
+                    ))
                 } else {
                     Arc::new(SshRemote::new(s, &config.ssh, control_dir.clone()))
                 };

@@ -36,7 +36,11 @@ impl Remote for LocalRemote {
 
     async fn run(&self, cmd: &RemoteCmd) -> Result<CmdOutput, ExecError> {
         let limit = effective_timeout(cmd, self.command_timeout);
-        let _permit = self.slots.acquire().await.expect("semaphore is never closed");
+        let _permit = self
+            .slots
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         let started = Instant::now();
         let child = tokio::process::Command::new(cmd.program)
             .args(&cmd.args)
@@ -92,7 +96,11 @@ mod tests {
     async fn times_out() {
         let r = LocalRemote::new("local", Duration::from_secs(5), 2);
         let e = r
-            .run(&RemoteCmd::new("sleep").arg("5").timeout(Duration::from_millis(200)))
+            .run(
+                &RemoteCmd::new("sleep")
+                    .arg("5")
+                    .timeout(Duration::from_millis(200)),
+            )
             .await
             .unwrap_err();
         assert!(matches!(e, ExecError::Timeout { .. }), "{e}");

@@ -68,7 +68,8 @@ impl SshRemote {
         }
         let started = Instant::now();
         let connect = self.builder.connect_mux(&self.destination);
-        let session = match tokio::time::timeout(self.connect_timeout + LOCAL_MARGIN, connect).await {
+        let session = match tokio::time::timeout(self.connect_timeout + LOCAL_MARGIN, connect).await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 return Err(ExecError::Unreachable {
@@ -79,7 +80,10 @@ impl SshRemote {
             Err(_) => {
                 return Err(ExecError::Unreachable {
                     server: self.name.clone(),
-                    message: format!("no SSH connection within {} s", self.connect_timeout.as_secs()),
+                    message: format!(
+                        "no SSH connection within {} s",
+                        self.connect_timeout.as_secs()
+                    ),
                 })
             }
         };
@@ -117,7 +121,11 @@ impl Remote for SshRemote {
 
     async fn run(&self, cmd: &RemoteCmd) -> Result<CmdOutput, ExecError> {
         let limit = effective_timeout(cmd, self.command_timeout);
-        let _permit = self.channels.acquire().await.expect("semaphore is never closed");
+        let _permit = self
+            .channels
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         let started = Instant::now();
         let session = self.session().await?;
         // The remote `timeout` stops the command on the server even when

@@ -80,7 +80,13 @@ impl CodebServer {
     #[tool(
         name = "health_check",
         title = "Check fleet health",
-        annotations(title = "Check fleet health", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Check fleet health",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     pub async fn health_check(
         &self,
@@ -105,8 +111,14 @@ impl CodebServer {
             .map(|(s, r)| check_server(&config, s, r.clone()));
         let (reports, db) = tokio::join!(join_all(checks), ctx.db.ping());
         let database = match db {
-            Ok(d) => DatabaseHealth { healthy: true, detail: format!("query answered in {} ms", d.as_millis()) },
-            Err(e) => DatabaseHealth { healthy: false, detail: e.to_string() },
+            Ok(d) => DatabaseHealth {
+                healthy: true,
+                detail: format!("query answered in {} ms", d.as_millis()),
+            },
+            Err(e) => DatabaseHealth {
+                healthy: false,
+                detail: e.to_string(),
+            },
         };
         let servers: Vec<ServerHealth> = reports
             .into_iter()
@@ -120,7 +132,12 @@ impl CodebServer {
                 services: r
                     .services
                     .into_iter()
-                    .map(|s| ServiceHealth { service: s.service, healthy: s.healthy, detail: s.detail, latency_ms: s.latency_ms })
+                    .map(|s| ServiceHealth {
+                        service: s.service,
+                        healthy: s.healthy,
+                        detail: s.detail,
+                        latency_ms: s.latency_ms,
+                    })
                     .collect(),
             })
             .collect();
@@ -132,7 +149,12 @@ impl CodebServer {
                 if !s.reachable {
                     format!("{} unreachable", s.name)
                 } else {
-                    let bad: Vec<_> = s.services.iter().filter(|x| !x.healthy).map(|x| x.service.as_str()).collect();
+                    let bad: Vec<_> = s
+                        .services
+                        .iter()
+                        .filter(|x| !x.healthy)
+                        .map(|x| x.service.as_str())
+                        .collect();
                     format!("{}: {} unhealthy", s.name, bad.join(", "))
                 }
             })

@@ -51,6 +51,9 @@ pub fn router(ctx: Arc<Ctx>, bound: SocketAddr, cancel: CancellationToken) -> Ro
         .with_allowed_hosts(hosts)
         .with_allowed_origins(mcp.allowed_origins.clone())
         .enforce_origin_validation()
+        // Plain JSON wherever nothing streams (stateless 2026-07-28 requests;
+        // rmcp keeps SSE for legacy sessions).
+        .with_json_response(true)
         .with_max_request_body_bytes(mcp.max_body_bytes)
         .with_cancellation_token(cancel.child_token());
     let shared = CodebServer::new(ctx.clone());
@@ -68,13 +71,15 @@ pub fn router(ctx: Arc<Ctx>, bound: SocketAddr, cancel: CancellationToken) -> Ro
     let counter = state.requests.clone();
     Router::new()
         .nest_service("/mcp", service)
-        .layer(axum::middleware::from_fn(move |req, next: axum::middleware::Next| {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::Relaxed);
-                next.run(req).await
-            }
-        }))
+        .layer(axum::middleware::from_fn(
+            move |req, next: axum::middleware::Next| {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    next.run(req).await
+                }
+            },
+        ))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -115,7 +120,11 @@ pub fn check_bind_address(addr: &SocketAddr) -> Result<(), HttpError> {
 }
 
 /// Serves until `cancel` fires. Prints the bound address to stderr.
-pub async fn serve(ctx: Arc<Ctx>, addr: SocketAddr, cancel: CancellationToken) -> Result<(), HttpError> {
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+) -> Result<(), HttpError> {
     use axum::serve::ListenerExt;
     check_bind_address(&addr)?;
     let listener = tokio::net::TcpListener::bind(addr).await?;

@@ -13,8 +13,8 @@ use std::time::Instant;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult, PaginatedRequestParams,
-    ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -159,18 +159,36 @@ address = "local"
         )
         .unwrap();
         let fake = Arc::new(FakeRemote::new("app", vec![]));
-        let fleet = Fleet::from_parts(vec![(config.servers[0].clone(), fake.clone() as Arc<dyn Remote>)]);
+        let fleet = Fleet::from_parts(vec![(
+            config.servers[0].clone(),
+            fake.clone() as Arc<dyn Remote>,
+        )]);
         let db = Db::from_config(&config);
-        (CodebServer::new(Arc::new(Ctx::from_parts(config, fleet, db))), fake)
+        (
+            CodebServer::new(Arc::new(Ctx::from_parts(config, fleet, db))),
+            fake,
+        )
     }
 
     #[tokio::test]
     async fn bad_input_executes_nothing() {
         let (server, fake) = server_with_fake();
         let huge = "x".repeat(1 << 20);
-        for project in ["", "-rf", "a\nb", "$(id)", "`id`", "../etc", "shop;ls", huge.as_str()] {
+        for project in [
+            "",
+            "-rf",
+            "a\nb",
+            "$(id)",
+            "`id`",
+            "../etc",
+            "shop;ls",
+            huge.as_str(),
+        ] {
             let e = server
-                .slot_status(Parameters(SlotStatusParams { project: project.to_string(), environment: None }))
+                .slot_status(Parameters(SlotStatusParams {
+                    project: project.to_string(),
+                    environment: None,
+                }))
                 .await
                 .err()
                 .expect("refused");
@@ -178,13 +196,19 @@ address = "local"
         }
         for name in ["-oProxyCommand=x", "", "nope", "app\n"] {
             let e = server
-                .health_check(Parameters(HealthCheckParams { server: Some(name.to_string()) }))
+                .health_check(Parameters(HealthCheckParams {
+                    server: Some(name.to_string()),
+                }))
                 .await
                 .err()
                 .expect("refused");
             assert!(e.contains("unknown server"), "{e}");
         }
-        assert!(fake.calls.lock().unwrap().is_empty(), "no command ran: {:?}", fake.calls.lock().unwrap());
+        assert!(
+            fake.calls.lock().unwrap().is_empty(),
+            "no command ran: {:?}",
+            fake.calls.lock().unwrap()
+        );
     }
 
     #[test]
@@ -194,7 +218,11 @@ address = "local"
         assert_eq!(info.server_info.name, "codeb");
         assert!(info.capabilities.tools.is_some());
         assert_eq!(
-            server.supported_protocol_versions().iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+            server
+                .supported_protocol_versions()
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>(),
             ["2026-07-28", "2025-11-25", "2025-06-18"]
         );
     }

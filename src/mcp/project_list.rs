@@ -68,7 +68,13 @@ impl CodebServer {
     #[tool(
         name = "project_list",
         title = "List projects",
-        annotations(title = "List projects", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "List projects",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     pub async fn project_list(
         &self,
@@ -76,20 +82,34 @@ impl CodebServer {
     ) -> Result<Json<ProjectListResult>, String> {
         let limit = p.limit.unwrap_or(PROJECT_LIST_DEFAULT_LIMIT);
         if !(1..=PROJECT_LIST_MAX_LIMIT).contains(&limit) {
-            return Err(format!("limit must be between 1 and {PROJECT_LIST_MAX_LIMIT}, got {limit}"));
+            return Err(format!(
+                "limit must be between 1 and {PROJECT_LIST_MAX_LIMIT}, got {limit}"
+            ));
         }
         if let Some(c) = &p.cursor {
-            validate_project_name(c)
-                .map_err(|_| "cursor is not one this server issued; omit it to start from the first page".to_string())?;
+            validate_project_name(c).map_err(|_| {
+                "cursor is not one this server issued; omit it to start from the first page"
+                    .to_string()
+            })?;
         }
-        let pool = self.ctx().db.pool().await.map_err(|e| format!("{e}; check health_check"))?;
-        // One extra row tells whether another page follows.
-        let mut rows = state::projects::projects_page(pool, None, p.cursor.as_deref(), i64::from(limit) + 1)
+        let pool = self
+            .ctx()
+            .db
+            .pool()
             .await
             .map_err(|e| format!("{e}; check health_check"))?;
+        // One extra row tells whether another page follows.
+        let mut rows =
+            state::projects::projects_page(pool, None, p.cursor.as_deref(), i64::from(limit) + 1)
+                .await
+                .map_err(|e| format!("{e}; check health_check"))?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let next_cursor = if more { rows.last().map(|r| r.name.clone()) } else { None };
+        let next_cursor = if more {
+            rows.last().map(|r| r.name.clone())
+        } else {
+            None
+        };
         let projects: Vec<ProjectSummary> = rows
             .into_iter()
             .map(|r| ProjectSummary {
@@ -99,7 +119,11 @@ impl CodebServer {
                 environments: r
                     .environments
                     .into_iter()
-                    .map(|(environment, base)| EnvironmentPorts { environment, blue_port: base as u16, green_port: base as u16 + 1 })
+                    .map(|(environment, base)| EnvironmentPorts {
+                        environment,
+                        blue_port: base as u16,
+                        green_port: base as u16 + 1,
+                    })
                     .collect(),
             })
             .collect();
@@ -108,6 +132,10 @@ impl CodebServer {
             (n, true) => format!("{n} projects on this page; more follow (pass next_cursor)"),
             (n, false) => format!("{n} projects"),
         };
-        Ok(Json(ProjectListResult { summary, projects, next_cursor }))
+        Ok(Json(ProjectListResult {
+            summary,
+            projects,
+            next_cursor,
+        }))
     }
 }

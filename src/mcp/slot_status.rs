@@ -76,16 +76,24 @@ impl CodebServer {
     #[tool(
         name = "slot_status",
         title = "Show slot status",
-        annotations(title = "Show slot status", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Show slot status",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     pub async fn slot_status(
         &self,
         Parameters(p): Parameters<SlotStatusParams>,
     ) -> Result<Json<SlotStatusResult>, String> {
-        let status = slot_status(self.ctx(), &p.project, p.environment).await.map_err(|e| match e {
-            SlotStatusError::Db(e) => format!("{e}; check health_check"),
-            other => other.to_string(),
-        })?;
+        let status = slot_status(self.ctx(), &p.project, p.environment)
+            .await
+            .map_err(|e| match e {
+                SlotStatusError::Db(e) => format!("{e}; check health_check"),
+                other => other.to_string(),
+            })?;
         let slots: Vec<SlotInfo> = status
             .slots
             .into_iter()
@@ -97,21 +105,37 @@ impl CodebServer {
                 image: s.image,
                 env_version: s.env_version,
                 grace_expires_at: s.grace_expires_at,
-                container: s.container.map(|c| ContainerView { name: c.name, image: c.image, state: c.state, status: c.status }),
+                container: s.container.map(|c| ContainerView {
+                    name: c.name,
+                    image: c.image,
+                    state: c.state,
+                    status: c.status,
+                }),
                 mismatch: s.mismatch,
             })
             .collect();
         let active: Vec<String> = slots
             .iter()
             .filter(|s| s.state == "active")
-            .map(|s| format!("{} {} ({})", s.environment, s.slot, s.image.as_deref().unwrap_or("?")))
+            .map(|s| {
+                format!(
+                    "{} {} ({})",
+                    s.environment,
+                    s.slot,
+                    s.image.as_deref().unwrap_or("?")
+                )
+            })
             .collect();
         let mismatches = slots.iter().filter(|s| s.mismatch.is_some()).count();
         let mut summary = format!(
             "{}: {} slots, active: {}",
             p.project,
             slots.len(),
-            if active.is_empty() { "none".to_string() } else { active.join(", ") }
+            if active.is_empty() {
+                "none".to_string()
+            } else {
+                active.join(", ")
+            }
         );
         if mismatches > 0 {
             summary.push_str(&format!("; {mismatches} slot(s) differ from the server"));
@@ -119,6 +143,11 @@ impl CodebServer {
         if let Some(e) = &status.observe_error {
             summary.push_str(&format!("; containers unknown: {e}"));
         }
-        Ok(Json(SlotStatusResult { summary, project: p.project, slots, observe_error: status.observe_error }))
+        Ok(Json(SlotStatusResult {
+            summary,
+            project: p.project,
+            slots,
+            observe_error: status.observe_error,
+        }))
     }
 }

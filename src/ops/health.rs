@@ -69,12 +69,23 @@ fn postgres_host_port(url: &str) -> (String, u16) {
     let hostport = authority.rsplit('@').next().unwrap_or("");
     match hostport.rsplit_once(':') {
         Some((h, p)) => (h.to_string(), p.parse().unwrap_or(5432)),
-        None => (if hostport.is_empty() { "127.0.0.1".into() } else { hostport.to_string() }, 5432),
+        None => (
+            if hostport.is_empty() {
+                "127.0.0.1".into()
+            } else {
+                hostport.to_string()
+            },
+            5432,
+        ),
     }
 }
 
 /// Checks one server: reachability first, then every role's probes at once.
-pub async fn check_server(config: &Config, server: &ServerConfig, remote: Arc<dyn Remote>) -> ServerReport {
+pub async fn check_server(
+    config: &Config,
+    server: &ServerConfig,
+    remote: Arc<dyn Remote>,
+) -> ServerReport {
     let targets = probe_targets(config);
     let mut report = ServerReport {
         name: server.name.clone(),
@@ -92,7 +103,11 @@ pub async fn check_server(config: &Config, server: &ServerConfig, remote: Arc<dy
             report.latency_ms = Some(started.elapsed().as_millis() as u64);
         }
         Ok(out) => {
-            report.error = Some(format!("`true` exited with {:?}: {}", out.status, out.stderr_tail()));
+            report.error = Some(format!(
+                "`true` exited with {:?}: {}",
+                out.status,
+                out.stderr_tail()
+            ));
             return report;
         }
         Err(e) => {
@@ -100,7 +115,11 @@ pub async fn check_server(config: &Config, server: &ServerConfig, remote: Arc<dy
             return report;
         }
     }
-    let probes: Vec<_> = server.roles.iter().flat_map(|r| probes_for_role(*r, &targets)).collect();
+    let probes: Vec<_> = server
+        .roles
+        .iter()
+        .flat_map(|r| probes_for_role(*r, &targets))
+        .collect();
     let runs = probes.iter().map(|p| {
         let remote = remote.clone();
         async move {
@@ -109,7 +128,12 @@ pub async fn check_server(config: &Config, server: &ServerConfig, remote: Arc<dy
             let latency_ms = started.elapsed().as_millis() as u64;
             let (healthy, detail) = match result {
                 Ok(out) => {
-                    let v = interpret(&p.expect, out.status, &out.stdout_text(), &out.stderr_tail());
+                    let v = interpret(
+                        &p.expect,
+                        out.status,
+                        &out.stdout_text(),
+                        &out.stderr_tail(),
+                    );
                     (v.healthy, v.detail)
                 }
                 Err(e) => (false, e.to_string()),
@@ -167,19 +191,29 @@ address = "local"
 
     #[tokio::test]
     async fn unreachable_server_runs_no_probes() {
-        let fake = Arc::new(FakeRemote::new("x", vec![("true", FakeAnswer::Unreachable)]));
+        let fake = Arc::new(FakeRemote::new(
+            "x",
+            vec![("true", FakeAnswer::Unreachable)],
+        ));
         let r = check_server(&config(), &server(vec![ServerRole::App]), fake.clone()).await;
         assert!(!r.reachable);
         assert!(!r.healthy());
         assert!(r.error.unwrap().contains("unreachable"));
-        assert_eq!(fake.calls.lock().unwrap().len(), 1, "only the reachability probe ran");
+        assert_eq!(
+            fake.calls.lock().unwrap().len(),
+            1,
+            "only the reachability probe ran"
+        );
     }
 
     #[tokio::test]
     async fn failing_service_is_reported_by_name() {
         let fake = Arc::new(FakeRemote::new(
             "x",
-            vec![("redis-cli", FakeAnswer::Timeout), ("curl", FakeAnswer::Output(0, "200".into()))],
+            vec![
+                ("redis-cli", FakeAnswer::Timeout),
+                ("curl", FakeAnswer::Output(0, "200".into())),
+            ],
         ));
         let r = check_server(&config(), &server(vec![ServerRole::Storage]), fake.clone()).await;
         assert!(r.reachable);
@@ -187,8 +221,24 @@ address = "local"
         let redis = r.services.iter().find(|s| s.service == "redis").unwrap();
         assert!(!redis.healthy);
         assert!(redis.detail.contains("did not finish"), "{}", redis.detail);
-        assert!(r.services.iter().find(|s| s.service == "registry").unwrap().healthy);
+        assert!(
+            r.services
+                .iter()
+                .find(|s| s.service == "registry")
+                .unwrap()
+                .healthy
+        );
         let calls = fake.calls.lock().unwrap();
-        assert!(calls.iter().any(|c| c == &vec!["pg_isready", "-q", "-t", "3", "-h", "10.77.0.12", "-p", "5433"]));
+        assert!(calls.iter().any(|c| c
+            == &vec![
+                "pg_isready",
+                "-q",
+                "-t",
+                "3",
+                "-h",
+                "10.77.0.12",
+                "-p",
+                "5433"
+            ]));
     }
 }

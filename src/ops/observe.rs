@@ -40,7 +40,9 @@ impl Observer {
                 return Ok(s.clone());
             }
         }
-        let (_, remote) = fleet.for_role(ServerRole::App).ok_or("no app server configured")?;
+        let (_, remote) = fleet
+            .for_role(ServerRole::App)
+            .ok_or("no app server configured")?;
         let cmd = podman::ps(None).map_err(|e| e.to_string())?;
         let out = remote.run(&cmd).await.map_err(|e| e.to_string())?;
         if !out.success() {

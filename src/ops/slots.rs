@@ -60,7 +60,11 @@ pub fn container_name(project: &str, env: Environment, slot: SlotName) -> String
 }
 
 /// Reads the slots of `project` (optionally one environment) and what podman runs.
-pub async fn slot_status(ctx: &Ctx, project: &str, environment: Option<Environment>) -> Result<SlotStatus, SlotStatusError> {
+pub async fn slot_status(
+    ctx: &Ctx,
+    project: &str,
+    environment: Option<Environment>,
+) -> Result<SlotStatus, SlotStatusError> {
     validate_project_name(project)?;
     let pool = ctx.db.pool().await?;
     let env_name = environment.map(Environment::as_str);
@@ -69,7 +73,11 @@ pub async fn slot_status(ctx: &Ctx, project: &str, environment: Option<Environme
         ctx.observer.containers(&ctx.fleet)
     );
     let rows = rows?;
-    if rows.is_empty() && state::projects::project_by_name(pool, project).await?.is_none() {
+    if rows.is_empty()
+        && state::projects::project_by_name(pool, project)
+            .await?
+            .is_none()
+    {
         return Err(SlotStatusError::NotFound(project.to_string()));
     }
     let (containers, observe_error) = match observed {
@@ -79,7 +87,9 @@ pub async fn slot_status(ctx: &Ctx, project: &str, environment: Option<Environme
 
     let mut slots = Vec::new();
     for r in rows {
-        let (Some(env), Some(slot)) = (Environment::parse(&r.environment), SlotName::parse(&r.slot)) else {
+        let (Some(env), Some(slot)) =
+            (Environment::parse(&r.environment), SlotName::parse(&r.slot))
+        else {
             continue;
         };
         let name = container_name(project, env, slot);
@@ -102,18 +112,33 @@ pub async fn slot_status(ctx: &Ctx, project: &str, environment: Option<Environme
             mismatch,
         });
     }
-    Ok(SlotStatus { slots, observe_error })
+    Ok(SlotStatus {
+        slots,
+        observe_error,
+    })
 }
 
 /// Compares a slot's record with its container. Pure.
-pub fn describe_mismatch(state: &str, image: Option<&str>, container: Option<&Container>) -> Option<String> {
+pub fn describe_mismatch(
+    state: &str,
+    image: Option<&str>,
+    container: Option<&Container>,
+) -> Option<String> {
     match (state, container) {
         ("empty", None) => None,
-        ("empty", Some(c)) => Some(format!("slot is empty but container {} exists ({})", c.name, c.state)),
+        ("empty", Some(c)) => Some(format!(
+            "slot is empty but container {} exists ({})",
+            c.name, c.state
+        )),
         (_, None) => Some(format!("slot is {state} but no container exists")),
-        (_, Some(c)) if c.state != "running" => Some(format!("slot is {state} but its container is {}", c.state)),
+        (_, Some(c)) if c.state != "running" => {
+            Some(format!("slot is {state} but its container is {}", c.state))
+        }
         (_, Some(c)) => match image {
-            Some(i) if i != c.image => Some(format!("recorded image {i} but the container runs {}", c.image)),
+            Some(i) if i != c.image => Some(format!(
+                "recorded image {i} but the container runs {}",
+                c.image
+            )),
             _ => None,
         },
     }
@@ -138,10 +163,26 @@ mod tests {
     fn mismatches() {
         assert_eq!(describe_mismatch("empty", None, None), None);
         assert!(describe_mismatch("empty", None, Some(&c("running", "a"))).is_some());
-        assert!(describe_mismatch("active", Some("a"), None).unwrap().contains("no container"));
-        assert!(describe_mismatch("active", Some("a"), Some(&c("exited", "a"))).unwrap().contains("exited"));
-        assert!(describe_mismatch("active", Some("a"), Some(&c("running", "b"))).unwrap().contains("runs b"));
-        assert_eq!(describe_mismatch("active", Some("a"), Some(&c("running", "a"))), None);
-        assert_eq!(container_name("shop", Environment::Staging, SlotName::Green), "shop-staging-green");
+        assert!(describe_mismatch("active", Some("a"), None)
+            .unwrap()
+            .contains("no container"));
+        assert!(
+            describe_mismatch("active", Some("a"), Some(&c("exited", "a")))
+                .unwrap()
+                .contains("exited")
+        );
+        assert!(
+            describe_mismatch("active", Some("a"), Some(&c("running", "b")))
+                .unwrap()
+                .contains("runs b")
+        );
+        assert_eq!(
+            describe_mismatch("active", Some("a"), Some(&c("running", "a"))),
+            None
+        );
+        assert_eq!(
+            container_name("shop", Environment::Staging, SlotName::Green),
+            "shop-staging-green"
+        );
     }
 }

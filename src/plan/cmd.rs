@@ -67,7 +67,8 @@ impl fmt::Display for RemoteCmd {
         f.write_str(self.program)?;
         for a in &self.args {
             if !a.is_empty()
-                && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./:=,{}@%".contains(&b))
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,{}@%".contains(&b))
             {
                 write!(f, " {a}")?;
             } else {

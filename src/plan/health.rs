@@ -103,7 +103,10 @@ pub fn probes_for_role(role: ServerRole, t: &ProbeTargets) -> Vec<Probe> {
                 // Unauthenticated on purpose: the key must not appear in a
                 // process list. 401 proves the API is up and guarded.
                 service: "pdns_api",
-                cmd: curl_status(format!("{}/api/v1/servers", t.pdns_api_url.trim_end_matches('/'))),
+                cmd: curl_status(format!(
+                    "{}/api/v1/servers",
+                    t.pdns_api_url.trim_end_matches('/')
+                )),
                 expect: Expect::HttpStatus(&[200, 401]),
             },
         ],
@@ -157,7 +160,15 @@ pub struct Verdict {
 
 /// Judges a finished probe. `exit` is the remote exit status.
 pub fn interpret(expect: &Expect, exit: Option<i32>, stdout: &str, stderr: &str) -> Verdict {
-    let first_line = |s: &str| s.lines().next().unwrap_or("").trim().chars().take(200).collect::<String>();
+    let first_line = |s: &str| {
+        s.lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .chars()
+            .take(200)
+            .collect::<String>()
+    };
     let failed = |what: String| Verdict {
         healthy: false,
         detail: what,
@@ -187,7 +198,14 @@ pub fn interpret(expect: &Expect, exit: Option<i32>, stdout: &str, stderr: &str)
             } else {
                 failed(format!(
                     "expected {want}, got {}",
-                    non_empty(if got.is_empty() { first_line(stderr) } else { got }, "nothing")
+                    non_empty(
+                        if got.is_empty() {
+                            first_line(stderr)
+                        } else {
+                            got
+                        },
+                        "nothing"
+                    )
                 ))
             }
         }
@@ -198,7 +216,10 @@ pub fn interpret(expect: &Expect, exit: Option<i32>, stdout: &str, stderr: &str)
                     healthy: true,
                     detail: format!("HTTP {c}"),
                 },
-                Some(0) | None => failed(format!("no HTTP answer: {}", non_empty(first_line(stderr), "connection failed"))),
+                Some(0) | None => failed(format!(
+                    "no HTTP answer: {}",
+                    non_empty(first_line(stderr), "connection failed")
+                )),
                 Some(c) => failed(format!("HTTP {c}")),
             }
         }
@@ -210,7 +231,10 @@ pub fn interpret(expect: &Expect, exit: Option<i32>, stdout: &str, stderr: &str)
                     detail,
                 }
             }
-            _ => failed(format!("cannot read free space: {}", non_empty(first_line(stderr), "no output"))),
+            _ => failed(format!(
+                "cannot read free space: {}",
+                non_empty(first_line(stderr), "no output")
+            )),
         },
     }
 }
@@ -267,7 +291,10 @@ mod tests {
     }
 
     fn argv(role: ServerRole) -> Vec<Vec<String>> {
-        probes_for_role(role, &targets()).into_iter().map(|p| p.cmd.argv()).collect()
+        probes_for_role(role, &targets())
+            .into_iter()
+            .map(|p| p.cmd.argv())
+            .collect()
     }
 
     #[test]
@@ -276,8 +303,30 @@ mod tests {
             argv(ServerRole::App),
             vec![
                 vec!["podman", "version", "--format", "{{.Client.Version}}"],
-                vec!["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", "--", "http://127.0.0.1:2019/config/"],
-                vec!["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", "--", "http://127.0.0.1:8081/api/v1/servers"],
+                vec![
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "3",
+                    "--",
+                    "http://127.0.0.1:2019/config/"
+                ],
+                vec![
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "3",
+                    "--",
+                    "http://127.0.0.1:8081/api/v1/servers"
+                ],
             ]
         );
     }
@@ -287,9 +336,29 @@ mod tests {
         assert_eq!(
             argv(ServerRole::Storage),
             vec![
-                vec!["pg_isready", "-q", "-t", "3", "-h", "10.77.0.12", "-p", "5432"],
+                vec![
+                    "pg_isready",
+                    "-q",
+                    "-t",
+                    "3",
+                    "-h",
+                    "10.77.0.12",
+                    "-p",
+                    "5432"
+                ],
                 vec!["redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping"],
-                vec!["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", "--", "http://10.77.0.12:5000/v2/"],
+                vec![
+                    "curl",
+                    "-sS",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "3",
+                    "--",
+                    "http://10.77.0.12:5000/v2/"
+                ],
             ]
         );
     }
@@ -298,9 +367,23 @@ mod tests {
     fn golden_streaming_and_backup_probes() {
         assert_eq!(
             argv(ServerRole::Streaming),
-            vec![vec!["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", "--", "http://127.0.0.1:8000/health"]]
+            vec![vec![
+                "curl",
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "3",
+                "--",
+                "http://127.0.0.1:8000/health"
+            ]]
         );
-        assert_eq!(argv(ServerRole::Backup), vec![vec!["df", "-P", "-B1", "--", "/opt/codeb"]]);
+        assert_eq!(
+            argv(ServerRole::Backup),
+            vec![vec!["df", "-P", "-B1", "--", "/opt/codeb"]]
+        );
         assert!(probes_for_role(ServerRole::Backup, &targets())
             .iter()
             .all(|p| p.cmd.timeout == Some(HEALTH_PROBE_TIMEOUT)));
@@ -323,7 +406,13 @@ mod tests {
         assert!(interpret(&Expect::Stdout("PONG"), Some(0), "PONG\n", "").healthy);
         assert!(!interpret(&Expect::Stdout("PONG"), Some(1), "", "Could not connect").healthy);
         let v = interpret(&Expect::ExitZero, Some(0), "4.3.1\n", "");
-        assert_eq!(v, Verdict { healthy: true, detail: "4.3.1".into() });
+        assert_eq!(
+            v,
+            Verdict {
+                healthy: true,
+                detail: "4.3.1".into()
+            }
+        );
         let v = interpret(&Expect::ExitZero, Some(2), "", "no response\n");
         assert_eq!(v.detail, "exit status 2: no response");
     }

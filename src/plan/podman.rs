@@ -89,7 +89,12 @@ pub fn parse_ps(stdout: &str) -> Result<Vec<Container>, String> {
             state: e.state,
             status: e.status,
             labels: e.labels.unwrap_or_default(),
-            host_ports: e.ports.unwrap_or_default().into_iter().map(|p| p.host_port).collect(),
+            host_ports: e
+                .ports
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.host_port)
+                .collect(),
         })
         .collect())
 }
@@ -102,11 +107,27 @@ mod tests {
     fn golden_ps() {
         assert_eq!(
             ps(Some("shop")).unwrap().argv(),
-            vec!["podman", "ps", "-a", "--format", "json", "--filter", "label=codeb.project=shop"]
+            vec![
+                "podman",
+                "ps",
+                "-a",
+                "--format",
+                "json",
+                "--filter",
+                "label=codeb.project=shop"
+            ]
         );
         assert_eq!(
             ps(None).unwrap().argv(),
-            vec!["podman", "ps", "-a", "--format", "json", "--filter", "label=codeb.project"]
+            vec![
+                "podman",
+                "ps",
+                "-a",
+                "--format",
+                "json",
+                "--filter",
+                "label=codeb.project"
+            ]
         );
     }
 
@@ -126,7 +147,10 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].name, "shop-production-blue");
         assert_eq!(c[0].host_ports, vec![4100]);
-        assert_eq!(c[0].labels.get(LABEL_SLOT).map(String::as_str), Some("blue"));
+        assert_eq!(
+            c[0].labels.get(LABEL_SLOT).map(String::as_str),
+            Some("blue")
+        );
         assert_eq!(parse_ps("[]\n").unwrap(), vec![]);
         assert_eq!(parse_ps("").unwrap(), vec![]);
         assert!(parse_ps("not json").is_err());

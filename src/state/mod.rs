@@ -80,14 +80,18 @@ impl Db {
     pub async fn pool(&self) -> Result<&PgPool, DbError> {
         self.pool
             .get_or_try_init(|| async {
-                let options = self
-                    .options
-                    .clone()
-                    .ok_or_else(|| DbError::Config(self.config_error.clone().unwrap_or_default()))?;
+                let options = self.options.clone().ok_or_else(|| {
+                    DbError::Config(self.config_error.clone().unwrap_or_default())
+                })?;
                 // One direct connection first: a pool only says "timed out",
                 // a connection says why (refused, auth failed, no such db).
                 use sqlx::Connection;
-                match tokio::time::timeout(self.acquire_timeout, sqlx::PgConnection::connect_with(&options)).await {
+                match tokio::time::timeout(
+                    self.acquire_timeout,
+                    sqlx::PgConnection::connect_with(&options),
+                )
+                .await
+                {
                     Ok(Ok(c)) => {
                         let _ = c.close().await;
                     }

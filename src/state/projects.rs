@@ -19,7 +19,14 @@ pub struct ProjectRow {
     pub environments: Vec<(String, i32)>,
 }
 
-type Row = (i64, String, String, String, Option<Vec<String>>, Option<Vec<i32>>);
+type Row = (
+    i64,
+    String,
+    String,
+    String,
+    Option<Vec<String>>,
+    Option<Vec<i32>>,
+);
 
 /// Live projects with their environments; `$1` team, `$2` exact name,
 /// `$3` names after this cursor, `$4` limit (all optional but the limit).
@@ -42,7 +49,11 @@ fn into_project((id, name, team_id, kind, envs, ports): Row) -> ProjectRow {
         name,
         team_id,
         kind,
-        environments: envs.unwrap_or_default().into_iter().zip(ports.unwrap_or_default()).collect(),
+        environments: envs
+            .unwrap_or_default()
+            .into_iter()
+            .zip(ports.unwrap_or_default())
+            .collect(),
     }
 }
 
@@ -79,14 +90,21 @@ pub async fn project_by_name(pool: &PgPool, name: &str) -> Result<Option<Project
 /// allocating the lowest free port pair per environment. Used by tests and
 /// by `project_create` (issue [2]); the unique constraint on `base_port`
 /// decides races, so a conflicting insert is retried with the next pair.
-pub async fn project_insert(pool: &PgPool, name: &str, team: &str, kind: &str) -> Result<i64, DbError> {
+pub async fn project_insert(
+    pool: &PgPool,
+    name: &str,
+    team: &str,
+    kind: &str,
+) -> Result<i64, DbError> {
     let mut tx = pool.begin().await?;
-    let id: i64 = sqlx::query_scalar("INSERT INTO projects (name, team_id, kind) VALUES ($1, $2, $3) RETURNING id")
-        .bind(name)
-        .bind(team)
-        .bind(kind)
-        .fetch_one(&mut *tx)
-        .await?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO projects (name, team_id, kind) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(name)
+    .bind(team)
+    .bind(kind)
+    .fetch_one(&mut *tx)
+    .await?;
     for env in crate::model::Environment::ALL {
         let (lo, hi) = env.port_range();
         let port: Option<i32> = sqlx::query_scalar(
@@ -99,7 +117,9 @@ pub async fn project_insert(pool: &PgPool, name: &str, team: &str, kind: &str) -
         .fetch_optional(&mut *tx)
         .await?;
         let port = port.ok_or_else(|| {
-            DbError::Unavailable(format!("no free port pair left in the {env} range {lo}-{hi}"))
+            DbError::Unavailable(format!(
+                "no free port pair left in the {env} range {lo}-{hi}"
+            ))
         })?;
         sqlx::query("INSERT INTO project_environments (project_id, environment, base_port) VALUES ($1, $2, $3)")
             .bind(id)

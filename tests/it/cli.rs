@@ -23,7 +23,10 @@ fn run_migrate(config: &Path) -> (i32, String) {
         .arg("migrate")
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn assert_config_error(config: &Path, field: &str) {
@@ -116,7 +119,11 @@ fn stdio_initialize_touches_no_server() {
     let init: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(init["result"]["serverInfo"]["name"], "codeb");
     assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
-    writeln!(stdin, r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#).unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
     writeln!(stdin, r#"{{"jsonrpc":"2.0","id":2,"method":"tools/list"}}"#).unwrap();
     let list: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert!(list["result"]["tools"].as_array().unwrap().len() >= 3);
@@ -127,7 +134,10 @@ fn stdio_initialize_touches_no_server() {
     }
     drop(stdin);
     let status = child.wait().unwrap();
-    assert!(status.success(), "codeb exits cleanly when stdin closes: {status}");
+    assert!(
+        status.success(),
+        "codeb exits cleanly when stdin closes: {status}"
+    );
 }
 
 /// Points every server address at 127.0.0.1.

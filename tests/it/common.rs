@@ -28,7 +28,9 @@ impl Testbed {
     /// postgres URL with password, for direct access from tests.
     pub fn database_url(&self) -> String {
         let url = self.status["database_url"].as_str().expect("database_url");
-        let pw_file = self.status["database_password_file"].as_str().expect("password file");
+        let pw_file = self.status["database_password_file"]
+            .as_str()
+            .expect("password file");
         let pw = std::fs::read_to_string(pw_file).expect("read db password");
         url.replacen("codeb@", &format!("codeb:{}@", pw.trim()), 1)
     }
@@ -100,10 +102,14 @@ pub async fn stdio_client() -> RunningService<RoleClient, ()> {
     use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
     use rmcp::ServiceExt;
     let config = testbed().config.clone();
-    let transport = TokioChildProcess::new(tokio::process::Command::new(codeb_bin()).configure(|c| {
-        c.arg("--config").arg(&config).arg("serve").env("CODEB_LOG", "warn");
-    }))
-    .expect("spawn codeb serve");
+    let transport =
+        TokioChildProcess::new(tokio::process::Command::new(codeb_bin()).configure(|c| {
+            c.arg("--config")
+                .arg(&config)
+                .arg("serve")
+                .env("CODEB_LOG", "warn");
+        }))
+        .expect("spawn codeb serve");
     ().serve(transport).await.expect("stdio initialize")
 }
 
@@ -168,8 +174,14 @@ impl Drop for HttpServer {
 }
 
 /// Calls a tool and returns the result (tool errors included).
-pub async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Value) -> CallToolResult {
-    let Value::Object(map) = args else { panic!("arguments must be an object") };
+pub async fn call(
+    client: &RunningService<RoleClient, ()>,
+    tool: &str,
+    args: Value,
+) -> CallToolResult {
+    let Value::Object(map) = args else {
+        panic!("arguments must be an object")
+    };
     client
         .call_tool(CallToolRequestParams::new(tool.to_string()).with_arguments(map))
         .await
@@ -178,13 +190,23 @@ pub async fn call(client: &RunningService<RoleClient, ()>, tool: &str, args: Val
 
 /// The structured result of a successful call.
 pub fn structured(r: &CallToolResult) -> &Value {
-    assert_ne!(r.is_error, Some(true), "tool returned an error: {:?}", r.content);
+    assert_ne!(
+        r.is_error,
+        Some(true),
+        "tool returned an error: {:?}",
+        r.content
+    );
     r.structured_content.as_ref().expect("structured content")
 }
 
 /// The text of an error result.
 pub fn error_text(r: &CallToolResult) -> String {
-    assert_eq!(r.is_error, Some(true), "expected isError, got {:?}", r.structured_content);
+    assert_eq!(
+        r.is_error,
+        Some(true),
+        "expected isError, got {:?}",
+        r.structured_content
+    );
     r.content
         .iter()
         .filter_map(|c| c.as_text().map(|t| t.text.clone()))

@@ -23,13 +23,21 @@ async fn cut_storage_is_reported_then_heals() {
 
     // Warm: all healthy, and the SSH masters are open.
     let r = call(&client, "health_check", json!({})).await;
-    assert_eq!(structured(&r)["healthy"], json!(true), "{}", structured(&r)["summary"]);
+    assert_eq!(
+        structured(&r)["healthy"],
+        json!(true),
+        "{}",
+        structured(&r)["summary"]
+    );
 
     testbed_cmd(&["cut", "storage"]);
     let heal = HealOnDrop("storage");
-    let r = tokio::time::timeout(Duration::from_secs(10), call(&client, "health_check", json!({})))
-        .await
-        .expect("health_check answers within 10 s with a host cut");
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        call(&client, "health_check", json!({})),
+    )
+    .await
+    .expect("health_check answers within 10 s with a host cut");
     let v = structured(&r);
     assert_eq!(v["healthy"], json!(false));
     for s in v["servers"].as_array().unwrap() {
@@ -41,7 +49,14 @@ async fn cut_storage_is_reported_then_heals() {
             assert_eq!(s["healthy"], json!(true), "{name} stays healthy: {s}");
         }
     }
-    assert!(v["summary"].as_str().unwrap().contains("storage unreachable"), "{}", v["summary"]);
+    assert!(
+        v["summary"]
+            .as_str()
+            .unwrap()
+            .contains("storage unreachable"),
+        "{}",
+        v["summary"]
+    );
 
     drop(heal);
     // After heal the next checks reconnect; bounded number of attempts,

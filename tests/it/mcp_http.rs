@@ -17,7 +17,11 @@ async fn http_tools_against_testbed() {
 
 /// Reads a JSON-RPC response from a plain JSON body or an SSE stream.
 async fn rpc_body(resp: reqwest::Response) -> Value {
-    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
     let text = resp.text().await.unwrap();
     if ct.starts_with("text/event-stream") {
         text.lines()
@@ -50,7 +54,13 @@ async fn legacy_2025_06_18_session() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let session = resp.headers().get("mcp-session-id").expect("session id").to_str().unwrap().to_string();
+    let session = resp
+        .headers()
+        .get("mcp-session-id")
+        .expect("session id")
+        .to_str()
+        .unwrap()
+        .to_string();
     let init = rpc_body(resp).await;
     assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
     assert_eq!(init["result"]["serverInfo"]["name"], "codeb");
@@ -72,7 +82,10 @@ async fn legacy_2025_06_18_session() {
         .await
         .unwrap();
     let v = rpc_body(resp).await;
-    assert_eq!(v["result"]["structuredContent"]["servers"][0]["name"], "backup", "{v}");
+    assert_eq!(
+        v["result"]["structuredContent"]["servers"][0]["name"], "backup",
+        "{v}"
+    );
 
     // A version codeb does not speak is answered with one it does.
     let resp = post(&server)
@@ -81,7 +94,10 @@ async fn legacy_2025_06_18_session() {
         .await
         .unwrap();
     let v = rpc_body(resp).await;
-    let negotiated = v["result"]["protocolVersion"].as_str().unwrap_or("").to_string();
+    let negotiated = v["result"]["protocolVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert!(
         ["2025-06-18", "2025-11-25"].contains(&negotiated.as_str()) || v.get("error").is_some(),
         "unsupported version is not accepted as is: {v}"
@@ -107,26 +123,56 @@ async fn stateless_2026_07_28_call() {
     });
     let resp = post(&server)
         .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "health_check")
         .body(body.to_string())
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert!(resp.headers().get("mcp-session-id").is_none(), "no session in 2026-07-28");
+    assert!(
+        resp.headers().get("mcp-session-id").is_none(),
+        "no session in 2026-07-28"
+    );
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "application/json",
+        "plain JSON where nothing streams"
+    );
     let v = rpc_body(resp).await;
-    assert_eq!(v["result"]["structuredContent"]["servers"][0]["name"], "streaming", "{v}");
-    assert_eq!(v["result"]["structuredContent"]["healthy"], json!(true), "{v}");
+    assert_eq!(
+        v["result"]["structuredContent"]["servers"][0]["name"], "streaming",
+        "{v}"
+    );
+    assert_eq!(
+        v["result"]["structuredContent"]["healthy"],
+        json!(true),
+        "{v}"
+    );
 
     let discover = json!({"jsonrpc": "2.0", "id": 8, "method": "server/discover", "params": {"_meta": {
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientInfo": {"name": "stateless", "version": "1"},
         "io.modelcontextprotocol/clientCapabilities": {}}}});
-    let resp = post(&server).header("mcp-protocol-version", "2026-07-28").body(discover.to_string()).send().await.unwrap();
+    let resp = post(&server)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "server/discover")
+        .body(discover.to_string())
+        .send()
+        .await
+        .unwrap();
     let v = rpc_body(resp).await;
-    let versions = v["result"]["supportedVersions"].as_array().cloned().unwrap_or_default();
+    let versions = v["result"]["supportedVersions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(
         versions,
-        vec![json!("2026-07-28"), json!("2025-11-25"), json!("2025-06-18")],
+        vec![
+            json!("2026-07-28"),
+            json!("2025-11-25"),
+            json!("2025-06-18")
+        ],
         "discover lists exactly the supported versions: {v}"
     );
 }
@@ -137,13 +183,28 @@ async fn host_origin_and_body_limits() {
     let server = HttpServer::start().await;
     let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
 
-    let resp = post(&server).header("host", "evil.example:80").body(init).send().await.unwrap();
+    let resp = post(&server)
+        .header("host", "evil.example:80")
+        .body(init)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 403, "foreign Host refused");
 
-    let resp = post(&server).header("origin", "http://evil.example").body(init).send().await.unwrap();
+    let resp = post(&server)
+        .header("origin", "http://evil.example")
+        .body(init)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 403, "foreign Origin refused");
 
-    let resp = post(&server).header("origin", "http://localhost:9101").body(init).send().await.unwrap();
+    let resp = post(&server)
+        .header("origin", "http://localhost:9101")
+        .body(init)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "configured Origin accepted");
 
     let big = format!(
@@ -155,9 +216,32 @@ async fn host_origin_and_body_limits() {
 
     let plain = reqwest::Client::new();
     let base = server.url.trim_end_matches("/mcp").to_string();
-    assert_eq!(plain.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(plain.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
-    let metrics = plain.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        plain
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        plain
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = plain
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("codeb_http_requests_total "), "{metrics}");
     let _ = testbed();
 }

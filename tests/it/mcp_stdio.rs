@@ -5,7 +5,10 @@ use rmcp::service::RunningService;
 use rmcp::RoleClient;
 use serde_json::{json, Value};
 
-use super::common::{call, db, delete_project, error_text, insert_project, stdio_client, structured, unique_project, FAULT_LOCK};
+use super::common::{
+    call, db, delete_project, error_text, insert_project, stdio_client, structured, unique_project,
+    FAULT_LOCK,
+};
 
 /// Every tool through a real client: the healthy testbed, a registered
 /// project, and bad input that must come back as isError.
@@ -24,7 +27,12 @@ pub async fn exercise_tools(client: &RunningService<RoleClient, ()>) {
     // health_check: all four servers with per-service detail.
     let r = call(client, "health_check", json!({})).await;
     let v = structured(&r);
-    assert_eq!(v["healthy"], json!(true), "testbed healthy: {}", v["summary"]);
+    assert_eq!(
+        v["healthy"],
+        json!(true),
+        "testbed healthy: {}",
+        v["summary"]
+    );
     assert_eq!(v["summary"], json!("4/4 servers healthy"));
     let services = |server: &str| -> Vec<String> {
         v["servers"]
@@ -43,7 +51,11 @@ pub async fn exercise_tools(client: &RunningService<RoleClient, ()>) {
     assert_eq!(services("storage"), ["postgres", "redis", "registry"]);
     assert_eq!(services("streaming"), ["streaming_health"]);
     assert_eq!(services("backup"), ["backup_disk"]);
-    assert!(v["servers"].as_array().unwrap().iter().all(|s| s["latency_ms"].is_u64()));
+    assert!(v["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["latency_ms"].is_u64()));
     assert_eq!(v["database"]["healthy"], json!(true));
 
     // project_list / slot_status over a project registered in the database.
@@ -60,7 +72,11 @@ pub async fn exercise_tools(client: &RunningService<RoleClient, ()>) {
         let r = call(client, "project_list", args).await;
         let v = structured(&r).clone();
         assert!(v["summary"].is_string());
-        seen |= v["projects"].as_array().unwrap().iter().any(|p| p["name"] == json!(name));
+        seen |= v["projects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == json!(name));
         match v["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_string()),
             None => break,
@@ -68,29 +84,64 @@ pub async fn exercise_tools(client: &RunningService<RoleClient, ()>) {
     }
     assert!(seen, "project_list shows {name}");
 
-    let r = call(client, "slot_status", json!({"project": name, "environment": "production"})).await;
+    let r = call(
+        client,
+        "slot_status",
+        json!({"project": name, "environment": "production"}),
+    )
+    .await;
     let v = structured(&r);
     let slots = v["slots"].as_array().unwrap();
     assert_eq!(slots.len(), 2);
-    assert!(slots.iter().all(|s| s["state"] == "empty" && s["container"].is_null() && s["mismatch"].is_null()), "{v}");
+    assert!(
+        slots
+            .iter()
+            .all(|s| s["state"] == "empty" && s["container"].is_null() && s["mismatch"].is_null()),
+        "{v}"
+    );
     assert_eq!(v["observe_error"], Value::Null, "podman was asked: {v}");
-    assert!(v["summary"].as_str().unwrap().contains("active: none"), "{}", v["summary"]);
+    assert!(
+        v["summary"].as_str().unwrap().contains("active: none"),
+        "{}",
+        v["summary"]
+    );
 
     let r = call(client, "slot_status", json!({"project": name})).await;
     assert_eq!(structured(&r)["slots"].as_array().unwrap().len(), 6);
 
     // Bad input: isError with a message that says what to do.
-    let huge = "a".repeat(1 << 20);
+    // 1 MB of text: under the 1 MiB body limit with the JSON-RPC envelope.
+    let huge = "a".repeat(1_000_000);
     let cases: Vec<(&str, Value, &str)> = vec![
         ("slot_status", json!({"project": ""}), "empty string"),
         ("slot_status", json!({"project": "-rf"}), "is invalid"),
         ("slot_status", json!({"project": "shop\nrm"}), "is invalid"),
-        ("slot_status", json!({"project": huge}), "a value of 1048576 bytes"),
-        ("slot_status", json!({"project": "no-such-project"}), "not found"),
-        ("slot_status", json!({"project": name, "environment": "prod"}), "unknown variant"),
+        (
+            "slot_status",
+            json!({"project": huge}),
+            "a value of 1000000 bytes",
+        ),
+        (
+            "slot_status",
+            json!({"project": "no-such-project"}),
+            "not found",
+        ),
+        (
+            "slot_status",
+            json!({"project": name, "environment": "prod"}),
+            "unknown variant",
+        ),
         ("slot_status", json!({}), "missing field"),
-        ("slot_status", json!({"project": name, "extra": 1}), "unknown field"),
-        ("health_check", json!({"server": "-oProxyCommand=x"}), "unknown server"),
+        (
+            "slot_status",
+            json!({"project": name, "extra": 1}),
+            "unknown field",
+        ),
+        (
+            "health_check",
+            json!({"server": "-oProxyCommand=x"}),
+            "unknown server",
+        ),
         ("health_check", json!({"server": ""}), "unknown server"),
         ("project_list", json!({"limit": 0}), "between 1 and 200"),
         ("project_list", json!({"cursor": "$(id)"}), "cursor"),

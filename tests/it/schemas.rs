@@ -30,7 +30,10 @@ fn snapshots_match_tool_definitions() {
             problems.push(format!("schemas/{f} belongs to no tool"));
         }
     }
-    assert!(problems.is_empty(), "{problems:#?}\nrun tools/update-schemas and review the diff");
+    assert!(
+        problems.is_empty(),
+        "{problems:#?}\nrun tools/update-schemas and review the diff"
+    );
 }
 
 #[test]
@@ -39,19 +42,42 @@ fn every_tool_is_fully_described() {
         let v = serde_json::to_value(&t).unwrap();
         let name = &t.name;
         assert!(v["title"].is_string(), "{name}: title");
-        assert!(v["description"].as_str().is_some_and(|d| d.len() > 20), "{name}: description");
-        for hint in ["readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"] {
-            assert!(v["annotations"][hint].is_boolean(), "{name}: annotation {hint} must be explicit");
+        assert!(
+            v["description"].as_str().is_some_and(|d| d.len() > 20),
+            "{name}: description"
+        );
+        for hint in [
+            "readOnlyHint",
+            "destructiveHint",
+            "idempotentHint",
+            "openWorldHint",
+        ] {
+            assert!(
+                v["annotations"][hint].is_boolean(),
+                "{name}: annotation {hint} must be explicit"
+            );
         }
-        let props = v["inputSchema"]["properties"].as_object().cloned().unwrap_or_default();
+        let props = v["inputSchema"]["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
         for (field, schema) in props {
-            assert!(schema["description"].is_string(), "{name}.{field}: every parameter needs a description");
+            assert!(
+                schema["description"].is_string(),
+                "{name}.{field}: every parameter needs a description"
+            );
         }
-        assert_eq!(v["inputSchema"]["additionalProperties"], Value::Bool(false), "{name}: unknown fields refused");
+        assert_eq!(
+            v["inputSchema"]["additionalProperties"],
+            Value::Bool(false),
+            "{name}: unknown fields refused"
+        );
         let out = &v["outputSchema"];
         assert!(out.is_object(), "{name}: output schema");
         assert!(
-            out["required"].as_array().is_some_and(|r| r.contains(&Value::from("summary"))),
+            out["required"]
+                .as_array()
+                .is_some_and(|r| r.contains(&Value::from("summary"))),
             "{name}: structured result needs a required summary"
         );
     }
