@@ -47,9 +47,16 @@ pub fn router(ctx: Arc<Ctx>, bound: SocketAddr, cancel: CancellationToken) -> Ro
             hosts.push(format!("{h}:{}", bound.port()));
         }
     }
+    // Likewise the server's own origin on the bound port.
+    let mut origins = mcp.allowed_origins.clone();
+    for h in &mcp.allowed_hosts {
+        if !h.contains(':') {
+            origins.push(format!("http://{h}:{}", bound.port()));
+        }
+    }
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
-        .with_allowed_origins(mcp.allowed_origins.clone())
+        .with_allowed_origins(origins)
         .enforce_origin_validation()
         // Plain JSON wherever nothing streams (stateless 2026-07-28 requests;
         // rmcp keeps SSE for legacy sessions).

@@ -1,9 +1,15 @@
 //! The MCP server: one file per tool (file name = tool name), handlers stay
 //! thin and call `ops`. This module wires them into one `ServerHandler`.
 
+// `logging/setLevel` is deprecated for 2026-07-28 (SEP-2577) but still part
+// of 2025-06-18 and 2025-11-25, which codeb serves too.
+#![allow(deprecated)]
+
 pub mod health_check;
 pub mod http;
 pub mod project_list;
+pub mod prompts;
+pub mod resources;
 pub mod slot_status;
 
 use std::borrow::Cow;
@@ -13,8 +19,11 @@ use std::time::Instant;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CompleteRequestParams, CompleteResult, CompletionInfo,
+    GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+    ReadResourceResult, Reference, ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
@@ -39,20 +48,23 @@ Every result carries a `summary`; errors say what to do next.";
 pub struct CodebServer {
     ctx: Arc<Ctx>,
     tools: Arc<ToolRouter<CodebServer>>,
+    /// Log level the client asked for (`logging/setLevel`), per session.
+    log_level: Arc<std::sync::Mutex<Option<LoggingLevel>>>,
 }
 
 impl CodebServer {
     /// A server over shared context.
     pub fn new(ctx: Arc<Ctx>) -> Self {
-        Self {
-            ctx,
-            tools: Arc::new(Self::all_tools()),
-        }
+        Self::with_router(ctx, Arc::new(Self::all_tools()))
     }
 
     /// Shares the tool router of another instance (per-session construction).
     pub fn with_router(ctx: Arc<Ctx>, tools: Arc<ToolRouter<CodebServer>>) -> Self {
-        Self { ctx, tools }
+        Self {
+            ctx,
+            tools,
+            log_level: Arc::new(std::sync::Mutex::new(None)),
+        }
     }
 
     /// Every tool of codeb.
@@ -78,13 +90,21 @@ impl CodebServer {
 
 impl ServerHandler for CodebServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(
-                Implementation::new("codeb", env!("CARGO_PKG_VERSION"))
-                    .with_title("codeb deployment platform")
-                    .with_description("Blue-green deployments over SSH, driven through MCP"),
-            )
-            .with_instructions(INSTRUCTIONS)
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_prompts()
+                .enable_resources()
+                .enable_completions()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("codeb", env!("CARGO_PKG_VERSION"))
+                .with_title("codeb deployment platform")
+                .with_description("Blue-green deployments over SSH, driven through MCP"),
+        )
+        .with_instructions(INSTRUCTIONS)
     }
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
@@ -97,6 +117,155 @@ impl ServerHandler for CodebServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         Ok(ListToolsResult::with_all_items(self.tools.list_all()))
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self.log_level.lock().expect("log level lock") = Some(request.level);
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(prompts::prompt_list()))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let args: Option<std::collections::BTreeMap<String, String>> = request.arguments.map(|a| {
+            a.into_iter()
+                .map(|(k, v)| {
+                    (
+                        k,
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string()),
+                    )
+                })
+                .collect()
+        });
+        prompts::prompt_get(&request.name, args.as_ref()).map(Into::into)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        // Every codeb resource is reached through a template.
+        Ok(ListResourcesResult::with_all_items(Vec::new()))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(
+            resources::templates(),
+        ))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri;
+        let text = match resources::parse(&uri)? {
+            resources::ResourceRef::Slots {
+                project,
+                environment,
+            } => {
+                let r = self
+                    .slot_status(rmcp::handler::server::wrapper::Parameters(
+                        slot_status::SlotStatusParams {
+                            project,
+                            environment: Some(environment),
+                        },
+                    ))
+                    .await
+                    .map_err(|e| resources::not_found(&uri, &e))?;
+                let json = serde_json::to_string_pretty(&r.0)
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                resources::contents(&uri, "application/json", json)
+            }
+            resources::ResourceRef::DeploymentLog(id) => {
+                let pool = self
+                    .ctx
+                    .db
+                    .pool()
+                    .await
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                let (status, steps) = crate::state::deployments::deployment_journal(pool, id)
+                    .await
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+                    .ok_or_else(|| resources::not_found(&uri, "no deployment with this id"))?;
+                let mut text = format!("deployment {id}: {status}\n");
+                for s in steps {
+                    text.push_str(&format!(
+                        "{:>3} {} on {}: {} -> exit {} in {} ms\n",
+                        s.seq,
+                        s.step,
+                        s.server.as_deref().unwrap_or("-"),
+                        s.argv,
+                        s.exit_status.map_or("-".to_string(), |c| c.to_string()),
+                        s.duration_ms.unwrap_or(0)
+                    ));
+                    if let Some(tail) = s.stderr_tail.filter(|t| !t.is_empty()) {
+                        text.push_str(&format!("    stderr: {tail}\n"));
+                    }
+                }
+                resources::contents(&uri, "text/plain", text)
+            }
+        };
+        Ok(ReadResourceResult::new(vec![text]).into())
+    }
+
+    async fn complete(
+        &self,
+        request: CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        let known_ref = match &request.r#ref {
+            Reference::Resource(r) => {
+                r.uri == resources::SLOTS_TEMPLATE || r.uri == resources::DEPLOYMENT_LOG_TEMPLATE
+            }
+            Reference::Prompt(p) => p.name == prompts::SHIP || p.name == prompts::INCIDENT_ROLLBACK,
+            _ => false,
+        };
+        let value = request.argument.value.as_str();
+        let values: Vec<String> = if !known_ref {
+            Vec::new()
+        } else {
+            match request.argument.name.as_str() {
+                "environment" => crate::model::Environment::ALL
+                    .iter()
+                    .map(|e| e.as_str().to_string())
+                    .filter(|e| e.starts_with(value))
+                    .collect(),
+                "project" if value.len() <= 32 => match self.ctx.db.pool().await {
+                    Ok(pool) => {
+                        crate::state::deployments::project_names_with_prefix(pool, value, 100)
+                            .await
+                            .unwrap_or_default()
+                    }
+                    Err(_) => Vec::new(),
+                },
+                _ => Vec::new(),
+            }
+        };
+        let info = CompletionInfo::new(values).map_err(|e| ErrorData::internal_error(e, None))?;
+        Ok(CompleteResult::new(info))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {

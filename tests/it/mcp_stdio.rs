@@ -153,6 +153,45 @@ pub async fn exercise_tools(client: &RunningService<RoleClient, ()>) {
         assert!(text.len() < 1000, "error text stays short");
     }
 
+    // Prompts and resources.
+    let prompts = client.list_all_prompts().await.unwrap();
+    let mut prompt_names: Vec<&str> = prompts.iter().map(|p| p.name.as_str()).collect();
+    prompt_names.sort();
+    assert_eq!(prompt_names, ["incident_rollback", "ship"]);
+    let Value::Object(args) = json!({"project": name}) else {
+        unreachable!()
+    };
+    let p = client
+        .get_prompt(rmcp::model::GetPromptRequestParams::new("ship").with_arguments(args))
+        .await
+        .unwrap();
+    assert!(format!("{:?}", p.messages).contains(&name));
+    let Value::Object(bad) = json!({"project": "-x"}) else {
+        unreachable!()
+    };
+    assert!(client
+        .get_prompt(rmcp::model::GetPromptRequestParams::new("ship").with_arguments(bad))
+        .await
+        .is_err());
+    let templates = client.list_all_resource_templates().await.unwrap();
+    assert_eq!(templates.len(), 2);
+    let uri = format!("codeb://projects/{name}/staging/slots");
+    let r = client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(uri.clone()))
+        .await
+        .unwrap();
+    let text = match &r.contents[0] {
+        rmcp::model::ResourceContents::TextResourceContents { text, .. } => text.clone(),
+        other => panic!("text contents expected: {other:?}"),
+    };
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["slots"].as_array().unwrap().len(), 2, "{v}");
+    let missing = format!("codeb://deployments/{}/log", uuid::Uuid::new_v4());
+    assert!(client
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(missing))
+        .await
+        .is_err());
+
     delete_project(&pool, &name).await;
 }
 
