@@ -180,15 +180,12 @@ impl Remote for SshRemote {
     async fn close(&self) {
         let session = self.session.lock().await.take();
         if let Some(s) = session {
-            match Arc::try_unwrap(s) {
-                Ok(s) => {
-                    if let Err(e) = s.close().await {
-                        tracing::debug!(server = %self.name, error = %e, "ssh close");
-                    }
+            // If a finishing command still holds the session, dropping our
+            // handle lets the last user's drop end the master.
+            if let Ok(s) = Arc::try_unwrap(s) {
+                if let Err(e) = s.close().await {
+                    tracing::debug!(server = %self.name, error = %e, "ssh close");
                 }
-                // Still in use by a command that is finishing: dropping our
-                // handle lets the last user's drop end the master.
-                Err(_) => {}
             }
         }
     }

@@ -9,3 +9,4 @@ mod faults;
 mod mcp_http;
 mod mcp_stdio;
 mod schemas;
+mod secrets;
