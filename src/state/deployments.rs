@@ -1,9 +1,324 @@
-//! Deployments and their step journals.
+//! Deployments: one row per operation with a lease (heartbeat + fencing
+//! token) and a step journal (DESIGN §2, §7). State flips are short
+//! transactions; nothing here is held across SSH work.
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::state::DbError;
+
+/// What a new operation records when it starts.
+#[derive(Debug, Clone)]
+pub struct NewDeployment<'a> {
+    /// Durable id.
+    pub id: Uuid,
+    /// Project.
+    pub project_id: i64,
+    /// Environment name.
+    pub environment: &'a str,
+    /// `deploy`, `promote`, `rollback`, `slot_cleanup`, ...
+    pub operation: &'a str,
+    /// Target slot, when known.
+    pub slot: Option<&'a str>,
+    /// Image, for deploys.
+    pub image: Option<&'a str>,
+    /// Caller's idempotency key.
+    pub idempotency_key: Option<&'a str>,
+    /// Who asked.
+    pub principal: &'a str,
+    /// Why (rollback reasons).
+    pub reason: Option<&'a str>,
+    /// This process's lease owner id.
+    pub lease_owner: &'a str,
+    /// How long the lease lasts without a heartbeat.
+    pub lease: Duration,
+}
+
+/// An operation whose owner's lease ran out and which was marked recovered.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Recovered {
+    /// Its id.
+    pub id: Uuid,
+    /// Its operation.
+    pub operation: String,
+    /// Its target slot.
+    pub slot: Option<String>,
+}
+
+/// The outcome of trying to start an operation.
+#[derive(Debug, Clone)]
+pub enum Begin {
+    /// Started; writes must carry this fencing token.
+    Started {
+        /// Fencing token of the new lease.
+        fencing_token: i64,
+        /// Operations whose expired leases were recovered first.
+        recovered: Vec<Recovered>,
+    },
+    /// Another operation is running on this (project, environment).
+    Busy {
+        /// The running operation's id.
+        running_id: Uuid,
+        /// Its operation name.
+        operation: String,
+        /// When it started.
+        since: DateTime<Utc>,
+    },
+    /// The idempotency key was used before: this is that operation.
+    Duplicate {
+        /// The earlier operation's id.
+        existing_id: Uuid,
+    },
+}
+
+/// The lease of this operation is gone (expired and recovered by someone else).
+pub const LEASE_LOST: &str =
+    "the operation's lease was lost (another codeb recovered it); nothing more is applied";
+
+/// Starts an operation: recovers expired leases of the same (project,
+/// environment), then inserts a running row. The partial unique index
+/// `deployments_one_running` lets exactly one start.
+pub async fn deployment_begin(pool: &PgPool, d: &NewDeployment<'_>) -> Result<Begin, DbError> {
+    if let Some(key) = d.idempotency_key {
+        if let Some(id) = idempotent_match(pool, d.project_id, d.environment, key).await? {
+            return Ok(Begin::Duplicate { existing_id: id });
+        }
+    }
+    let recovered: Vec<Recovered> = sqlx::query_as(
+        "UPDATE deployments
+            SET status = 'recovered', finished_at = now(), lease_owner = NULL,
+                error = 'codeb stopped while this operation ran (lease expired); recovered'
+          WHERE project_id = $1 AND environment = $2 AND status = 'running' AND lease_expires_at < now()
+          RETURNING id, operation, slot",
+    )
+    .bind(d.project_id)
+    .bind(d.environment)
+    .fetch_all(pool)
+    .await?;
+    let inserted = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO deployments (id, project_id, environment, operation, slot, image, idempotency_key,
+                                  principal, reason, lease_owner, lease_expires_at, fencing_token)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now() + make_interval(secs => $11),
+                 nextval('deployments_fencing_seq'))
+         RETURNING fencing_token",
+    )
+    .bind(d.id)
+    .bind(d.project_id)
+    .bind(d.environment)
+    .bind(d.operation)
+    .bind(d.slot)
+    .bind(d.image)
+    .bind(d.idempotency_key)
+    .bind(d.principal)
+    .bind(d.reason)
+    .bind(d.lease_owner)
+    .bind(d.lease.as_secs_f64())
+    .fetch_one(pool)
+    .await;
+    match inserted {
+        Ok(fencing_token) => Ok(Begin::Started {
+            fencing_token,
+            recovered,
+        }),
+        Err(e) => {
+            let e = DbError::from(e);
+            match e.constraint() {
+                Some("deployments_one_running") => {
+                    let row: Option<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+                        "SELECT id, operation, created_at FROM deployments
+                          WHERE project_id = $1 AND environment = $2 AND status = 'running'",
+                    )
+                    .bind(d.project_id)
+                    .bind(d.environment)
+                    .fetch_optional(pool)
+                    .await?;
+                    match row {
+                        Some((running_id, operation, since)) => Ok(Begin::Busy {
+                            running_id,
+                            operation,
+                            since,
+                        }),
+                        // It finished between our insert and this read: try once more.
+                        None => Box::pin(deployment_begin(pool, d)).await,
+                    }
+                }
+                Some("deployments_idempotency") => {
+                    let key = d.idempotency_key.unwrap_or_default();
+                    match idempotent_match(pool, d.project_id, d.environment, key).await? {
+                        Some(existing_id) => Ok(Begin::Duplicate { existing_id }),
+                        None => Err(e),
+                    }
+                }
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+async fn idempotent_match(
+    pool: &PgPool,
+    project_id: i64,
+    environment: &str,
+    key: &str,
+) -> Result<Option<Uuid>, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM deployments WHERE project_id = $1 AND environment = $2 AND idempotency_key = $3",
+    )
+    .bind(project_id)
+    .bind(environment)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Renews the lease; `false` when it was lost.
+pub async fn deployment_heartbeat(
+    pool: &PgPool,
+    id: Uuid,
+    fencing_token: i64,
+    lease: Duration,
+) -> Result<bool, DbError> {
+    let n = sqlx::query(
+        "UPDATE deployments SET lease_expires_at = now() + make_interval(secs => $3)
+          WHERE id = $1 AND fencing_token = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(fencing_token)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Ends an operation; `false` when the lease was lost before.
+pub async fn deployment_finish(
+    pool: &PgPool,
+    id: Uuid,
+    fencing_token: i64,
+    succeeded: bool,
+    error: Option<&str>,
+    result: Option<&serde_json::Value>,
+) -> Result<bool, DbError> {
+    let n = sqlx::query(
+        "UPDATE deployments
+            SET status = CASE WHEN $3 THEN 'succeeded' ELSE 'failed' END,
+                error = $4, result = $5, finished_at = now(), lease_owner = NULL
+          WHERE id = $1 AND fencing_token = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(fencing_token)
+    .bind(succeeded)
+    .bind(error)
+    .bind(result)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
+/// Appends one journal entry (argv only: stdin payloads are never recorded).
+#[allow(clippy::too_many_arguments)]
+pub async fn step_append(
+    pool: &PgPool,
+    id: Uuid,
+    step: &str,
+    server: Option<&str>,
+    argv: &[String],
+    exit_status: Option<i32>,
+    stderr_tail: Option<&str>,
+    duration: Duration,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO deployment_steps (deployment_id, seq, step, server, argv, exit_status, stderr_tail, duration_ms)
+         VALUES ($1, (SELECT coalesce(max(seq), 0) + 1 FROM deployment_steps WHERE deployment_id = $1),
+                 $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(step)
+    .bind(server)
+    .bind(serde_json::json!(argv))
+    .bind(exit_status)
+    .bind(stderr_tail)
+    .bind(duration.as_millis().min(i32::MAX as u128) as i32)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// One deployment row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeploymentRow {
+    /// Id.
+    pub id: Uuid,
+    /// Project name.
+    pub project: String,
+    /// Environment.
+    pub environment: String,
+    /// Operation.
+    pub operation: String,
+    /// Target slot.
+    pub slot: Option<String>,
+    /// Image.
+    pub image: Option<String>,
+    /// Env version.
+    pub env_version: Option<i32>,
+    /// running / succeeded / failed / recovered.
+    pub status: String,
+    /// Who asked.
+    pub principal: String,
+    /// Why (rollback).
+    pub reason: Option<String>,
+    /// What went wrong.
+    pub error: Option<String>,
+    /// Final result document.
+    pub result: Option<serde_json::Value>,
+    /// Start.
+    pub created_at: DateTime<Utc>,
+    /// End.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const SELECT_DEPLOYMENT: &str = "SELECT d.id, p.name AS project, d.environment, d.operation, d.slot, d.image,
+        d.env_version, d.status, d.principal, d.reason, d.error, d.result, d.created_at, d.finished_at
+   FROM deployments d JOIN projects p ON p.id = d.project_id";
+
+/// One deployment by id.
+pub async fn deployment_by_id(pool: &PgPool, id: Uuid) -> Result<Option<DeploymentRow>, DbError> {
+    Ok(
+        sqlx::query_as(&format!("{SELECT_DEPLOYMENT} WHERE d.id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// A page of deployments, newest first, after the `after` id.
+pub async fn deployments_page(
+    pool: &PgPool,
+    project: Option<&str>,
+    environment: Option<&str>,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<DeploymentRow>, DbError> {
+    Ok(sqlx::query_as(&format!(
+        "{SELECT_DEPLOYMENT}
+          WHERE ($1::text IS NULL OR p.name = $1)
+            AND ($2::text IS NULL OR d.environment = $2)
+            AND ($3::uuid IS NULL OR (d.created_at, d.id) < (SELECT created_at, id FROM deployments WHERE id = $3))
+          ORDER BY d.created_at DESC, d.id DESC
+          LIMIT $4"
+    ))
+    .bind(project)
+    .bind(environment)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
 
 /// One journal entry.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -29,11 +29,40 @@ pub enum DbError {
     /// Configuration problem (bad URL, unreadable password file).
     #[error("database config: {0}")]
     Config(String),
+    /// A uniqueness or check constraint refused the change.
+    #[error("{message}")]
+    Conflict {
+        /// Constraint name from the schema.
+        constraint: String,
+        /// What it means for the caller.
+        message: String,
+    },
+    /// A bounded resource (a port range) has nothing left.
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
+        if let Some(db) = e.as_database_error() {
+            if let Some(c) = db.constraint() {
+                return DbError::Conflict {
+                    constraint: c.to_string(),
+                    message: format!("the change conflicts with {c}"),
+                };
+            }
+        }
         DbError::Unavailable(e.to_string().replace('\n', " "))
+    }
+}
+
+impl DbError {
+    /// The violated constraint, if this is a conflict.
+    pub fn constraint(&self) -> Option<&str> {
+        match self {
+            DbError::Conflict { constraint, .. } => Some(constraint),
+            _ => None,
+        }
     }
 }
 

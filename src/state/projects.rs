@@ -86,11 +86,36 @@ pub async fn project_by_name(pool: &PgPool, name: &str) -> Result<Option<Project
     Ok(row.map(into_project))
 }
 
+/// Attempts at allocating port pairs when a concurrent insert took the same pair.
+const PORT_ALLOCATION_ATTEMPTS: usize = 20;
+
 /// Registers a project with all three environments and their slots,
-/// allocating the lowest free port pair per environment. Used by tests and
-/// by `project_create` (issue [2]); the unique constraint on `base_port`
-/// decides races, so a conflicting insert is retried with the next pair.
+/// allocating the lowest free port pair per environment. The unique
+/// constraint on `base_port` decides races: a transaction that loses one is
+/// retried from the start. Nothing is left half-made on failure.
 pub async fn project_insert(
+    pool: &PgPool,
+    name: &str,
+    team: &str,
+    kind: &str,
+) -> Result<i64, DbError> {
+    let mut last = None;
+    for _ in 0..PORT_ALLOCATION_ATTEMPTS {
+        match project_insert_once(pool, name, team, kind).await {
+            Err(e) if e.constraint() == Some("project_environments_port_unique") => last = Some(e),
+            Err(e) if e.constraint() == Some("projects_name_unique") => {
+                return Err(DbError::Conflict {
+                    constraint: "projects_name_unique".into(),
+                    message: format!("project {name:?} already exists; pick another name or use the existing project"),
+                })
+            }
+            other => return other,
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+async fn project_insert_once(
     pool: &PgPool,
     name: &str,
     team: &str,
@@ -117,8 +142,8 @@ pub async fn project_insert(
         .fetch_optional(&mut *tx)
         .await?;
         let port = port.ok_or_else(|| {
-            DbError::Unavailable(format!(
-                "no free port pair left in the {env} range {lo}-{hi}"
+            DbError::Exhausted(format!(
+                "no free port pair left in the {env} range {lo}-{hi}; delete unused projects first"
             ))
         })?;
         sqlx::query("INSERT INTO project_environments (project_id, environment, base_port) VALUES ($1, $2, $3)")
@@ -127,13 +152,11 @@ pub async fn project_insert(
             .bind(port)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO slots (project_id, environment, slot) VALUES ($1, $2, 'blue'), ($1, $2, 'green')",
-        )
-        .bind(id)
-        .bind(env.as_str())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query("INSERT INTO slots (project_id, environment, slot) VALUES ($1, $2, 'blue'), ($1, $2, 'green')")
+            .bind(id)
+            .bind(env.as_str())
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(id)

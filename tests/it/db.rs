@@ -231,3 +231,212 @@ async fn full_port_range_is_a_clear_error(pool: PgPool) {
         "nothing half-made"
     );
 }
+
+mod leases {
+    use std::time::Duration;
+
+    use codeb::state::deployments::{self as d, Begin, NewDeployment};
+    use codeb::state::projects;
+    use sqlx::PgPool;
+    use uuid::Uuid;
+
+    fn new<'a>(
+        project_id: i64,
+        owner: &'a str,
+        key: Option<&'a str>,
+        lease: Duration,
+    ) -> NewDeployment<'a> {
+        NewDeployment {
+            id: Uuid::new_v4(),
+            project_id,
+            environment: "production",
+            operation: "deploy",
+            slot: Some("blue"),
+            image: Some("r/demo:v1"),
+            idempotency_key: key,
+            principal: "test",
+            reason: None,
+            lease_owner: owner,
+            lease,
+        }
+    }
+
+    #[sqlx::test(migrator = "codeb::state::MIGRATOR")]
+    async fn one_operation_at_a_time_with_fencing(pool: PgPool) {
+        let pid = projects::project_insert(&pool, "alpha", "default", "node")
+            .await
+            .unwrap();
+        let first = new(pid, "a", None, Duration::from_secs(60));
+        let Begin::Started {
+            fencing_token,
+            recovered,
+        } = d::deployment_begin(&pool, &first).await.unwrap()
+        else {
+            panic!("first starts")
+        };
+        assert!(recovered.is_empty());
+        match d::deployment_begin(&pool, &new(pid, "b", None, Duration::from_secs(60)))
+            .await
+            .unwrap()
+        {
+            Begin::Busy {
+                running_id,
+                operation,
+                ..
+            } => {
+                assert_eq!(running_id, first.id);
+                assert_eq!(operation, "deploy");
+            }
+            other => panic!("second is busy: {other:?}"),
+        }
+        assert!(
+            d::deployment_heartbeat(&pool, first.id, fencing_token, Duration::from_secs(60))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !d::deployment_heartbeat(&pool, first.id, fencing_token + 1, Duration::from_secs(60))
+                .await
+                .unwrap(),
+            "stale token refused"
+        );
+        d::step_append(
+            &pool,
+            first.id,
+            "pull",
+            Some("app"),
+            &["podman".into(), "pull".into()],
+            Some(0),
+            None,
+            Duration::from_millis(5),
+        )
+        .await
+        .unwrap();
+        assert!(
+            d::deployment_finish(&pool, first.id, fencing_token, true, None, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !d::deployment_finish(&pool, first.id, fencing_token, true, None, None)
+                .await
+                .unwrap(),
+            "finishes once"
+        );
+        let (status, steps) = d::deployment_journal(&pool, first.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, "succeeded");
+        assert_eq!(steps.len(), 1);
+        assert!(matches!(
+            d::deployment_begin(&pool, &new(pid, "b", None, Duration::from_secs(60)))
+                .await
+                .unwrap(),
+            Begin::Started { .. }
+        ));
+    }
+
+    #[sqlx::test(migrator = "codeb::state::MIGRATOR")]
+    async fn expired_lease_is_recovered_by_the_next_operation(pool: PgPool) {
+        let pid = projects::project_insert(&pool, "alpha", "default", "node")
+            .await
+            .unwrap();
+        let crashed = new(pid, "dead", None, Duration::from_secs(60));
+        let Begin::Started { fencing_token, .. } =
+            d::deployment_begin(&pool, &crashed).await.unwrap()
+        else {
+            panic!()
+        };
+        // The owner died: make its lease run out.
+        sqlx::query(
+            "UPDATE deployments SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+        )
+        .bind(crashed.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let next = new(pid, "alive", None, Duration::from_secs(60));
+        match d::deployment_begin(&pool, &next).await.unwrap() {
+            Begin::Started {
+                fencing_token: t2,
+                recovered,
+            } => {
+                assert!(t2 > fencing_token, "fencing tokens grow");
+                assert_eq!(recovered.len(), 1);
+                assert_eq!(recovered[0].id, crashed.id);
+                assert_eq!(recovered[0].slot.as_deref(), Some("blue"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            !d::deployment_finish(&pool, crashed.id, fencing_token, true, None, None)
+                .await
+                .unwrap(),
+            "the dead owner cannot finish"
+        );
+        let row = d::deployment_by_id(&pool, crashed.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.status, "recovered");
+    }
+
+    #[sqlx::test(migrator = "codeb::state::MIGRATOR")]
+    async fn idempotency_key_returns_the_same_operation(pool: PgPool) {
+        let pid = projects::project_insert(&pool, "alpha", "default", "node")
+            .await
+            .unwrap();
+        let first = new(pid, "a", Some("ci-run-42"), Duration::from_secs(60));
+        let Begin::Started { fencing_token, .. } =
+            d::deployment_begin(&pool, &first).await.unwrap()
+        else {
+            panic!()
+        };
+        d::deployment_finish(&pool, first.id, fencing_token, true, None, None)
+            .await
+            .unwrap();
+        match d::deployment_begin(
+            &pool,
+            &new(pid, "a", Some("ci-run-42"), Duration::from_secs(60)),
+        )
+        .await
+        .unwrap()
+        {
+            Begin::Duplicate { existing_id } => assert_eq!(existing_id, first.id),
+            other => panic!("{other:?}"),
+        }
+        let page = d::deployments_page(&pool, Some("alpha"), None, None, 10)
+            .await
+            .unwrap();
+        assert_eq!(page.len(), 1, "no second deployment");
+    }
+
+    #[sqlx::test(migrator = "codeb::state::MIGRATOR")]
+    async fn concurrent_project_inserts(pool: PgPool) {
+        let names: Vec<String> = (0..8).map(|i| format!("proj{i}")).collect();
+        let results = futures::future::join_all(names.iter().map(|n| {
+            let pool = pool.clone();
+            let n = n.clone();
+            async move { projects::project_insert(&pool, &n, "default", "node").await }
+        }))
+        .await;
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        let ports: std::collections::BTreeSet<i32> =
+            sqlx::query_scalar("SELECT base_port FROM project_environments")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        assert_eq!(ports.len(), 24, "distinct pairs");
+        let same = futures::future::join_all((0..2).map(|_| {
+            let pool = pool.clone();
+            async move { projects::project_insert(&pool, "twin", "default", "node").await }
+        }))
+        .await;
+        assert_eq!(same.iter().filter(|r| r.is_ok()).count(), 1);
+        let err = same.into_iter().find_map(|r| r.err()).unwrap();
+        assert!(err.to_string().contains("already exists"), "{err}");
+    }
+}
