@@ -3,5 +3,9 @@
 //! without a server.
 
 pub mod cmd;
+pub mod deploy;
+pub mod dns;
+pub mod env;
 pub mod health;
 pub mod podman;
+pub mod switch;

@@ -8,6 +8,8 @@ use serde::Deserialize;
 use crate::model::{validate_project_name, Invalid};
 use crate::plan::cmd::RemoteCmd;
 
+/// The podman network every codeb container joins.
+pub const NETWORK: &str = "codeb-main";
 /// Label naming the project a container belongs to.
 pub const LABEL_PROJECT: &str = "codeb.project";
 /// Label naming the environment.

@@ -1,0 +1,284 @@
+//! Deploy planning (DESIGN §2): which slot to fill and the steps to fill
+//! it. Pure: `plan_deploy(view, input)` is all there is.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::model::{SlotName, SlotState};
+use crate::plan::env::{other, EnvView, Refusal};
+
+/// Health gate defaults (DESIGN §2), named with their units.
+pub const HEALTH_INTERVAL_MS: u64 = 1_000;
+/// Time limit of one probe.
+pub const HEALTH_PROBE_TIMEOUT_SECS: u32 = 5;
+/// Give up on a slot that is not healthy by then.
+pub const HEALTH_DEADLINE_SECS: u64 = 60;
+
+/// What the caller asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeployInput {
+    /// Image reference (validated).
+    pub image: String,
+}
+
+/// One step of a deploy, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum DeployStep {
+    /// podman pull.
+    Pull {
+        /// Image.
+        image: String,
+    },
+    /// Make sure the codeb network exists.
+    EnsureNetwork,
+    /// Remove the slot's old container (absent is fine).
+    RemoveContainer {
+        /// Container name.
+        container: String,
+    },
+    /// Start the new container.
+    Run {
+        /// Container name.
+        container: String,
+        /// Image.
+        image: String,
+        /// Host port on the app server's loopback.
+        host_port: u16,
+    },
+    /// Probe the slot directly until healthy or the deadline passes.
+    HealthGate {
+        /// Host port.
+        port: u16,
+        /// Path probed.
+        path: String,
+    },
+    /// Record the slot as deployed.
+    MarkDeployed,
+    /// Route the slot's preview host name to it.
+    PreviewRoute {
+        /// Preview host name.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+impl fmt::Display for DeployStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pull { image } => write!(f, "pull {image}"),
+            Self::EnsureNetwork => write!(f, "ensure network {}", crate::plan::podman::NETWORK),
+            Self::RemoveContainer { container } => write!(f, "remove container {container} if present"),
+            Self::Run { container, image, host_port } => write!(f, "run {container} from {image} on 127.0.0.1:{host_port}"),
+            Self::HealthGate { port, path } => write!(
+                f,
+                "probe http://127.0.0.1:{port}{path} every {HEALTH_INTERVAL_MS} ms until 200, at most {HEALTH_DEADLINE_SECS} s"
+            ),
+            Self::MarkDeployed => write!(f, "record the slot as deployed"),
+            Self::PreviewRoute { host, port } => write!(f, "route preview host {host} to port {port}"),
+        }
+    }
+}
+
+/// A deploy plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeployPlan {
+    /// The slot to fill.
+    pub slot: SlotName,
+    /// Its host port.
+    pub port: u16,
+    /// Its container name.
+    pub container: String,
+    /// Its preview host name.
+    pub preview_host: String,
+    /// Steps in order.
+    pub steps: Vec<DeployStep>,
+    /// Things the caller should know (e.g. a grace slot is replaced).
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Display for DeployPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "deploy into {} (port {})", self.slot, self.port)?;
+        for (i, s) in self.steps.iter().enumerate() {
+            writeln!(f, "  {}. {s}", i + 1)?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "  note: {w}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The slot a deploy fills: the one that is not active. With no active
+/// slot, an unpromoted deployed slot is replaced, else blue.
+pub fn target_slot(view: &EnvView) -> SlotName {
+    if let Some(active) = view.in_state(SlotState::Active) {
+        return other(active.slot);
+    }
+    view.in_state(SlotState::Deployed)
+        .map(|s| s.slot)
+        .unwrap_or(SlotName::Blue)
+}
+
+/// Plans a deploy of `input` into `view`.
+pub fn plan_deploy(
+    view: &EnvView,
+    input: &DeployInput,
+    preview_domain: &str,
+) -> Result<DeployPlan, Refusal> {
+    let slot = target_slot(view);
+    let target = view.slot(slot);
+    if target.state == SlotState::Active {
+        return Err(Refusal(format!(
+            "both slots of {} {} are active, which codeb never records; run drift_report",
+            view.project, view.environment
+        )));
+    }
+    let port = view.port(slot);
+    let container = view.container(slot);
+    let preview_host =
+        crate::plan::dns::preview_hostname(&view.project, view.environment, slot, preview_domain);
+    let mut warnings = Vec::new();
+    if target.state == SlotState::Grace {
+        warnings.push(format!(
+            "the {slot} slot holds the grace release {}; deploying replaces it, so rollback to it will no longer be possible",
+            target.image.as_deref().unwrap_or("?")
+        ));
+    }
+    let steps = vec![
+        DeployStep::Pull {
+            image: input.image.clone(),
+        },
+        DeployStep::EnsureNetwork,
+        DeployStep::RemoveContainer {
+            container: container.clone(),
+        },
+        DeployStep::Run {
+            container: container.clone(),
+            image: input.image.clone(),
+            host_port: port,
+        },
+        DeployStep::HealthGate {
+            port,
+            path: view.health_path.clone(),
+        },
+        DeployStep::MarkDeployed,
+        DeployStep::PreviewRoute {
+            host: preview_host.clone(),
+            port,
+        },
+    ];
+    Ok(DeployPlan {
+        slot,
+        port,
+        container,
+        preview_host,
+        steps,
+        warnings,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::Environment;
+    use crate::plan::env::SlotView;
+
+    pub(crate) fn view(blue: SlotState, green: SlotState) -> EnvView {
+        let slot = |slot, state| SlotView {
+            slot,
+            state,
+            image: (state != SlotState::Empty).then(|| format!("r/demo:{slot}")),
+            grace_expires_at: None,
+            env_version: None,
+        };
+        EnvView {
+            project: "shop".into(),
+            environment: Environment::Production,
+            base_port: 4100,
+            container_port: 3000,
+            health_path: "/health".into(),
+            memory: "512m".into(),
+            cpus: "1".into(),
+            slots: [slot(SlotName::Blue, blue), slot(SlotName::Green, green)],
+        }
+    }
+
+    fn input() -> DeployInput {
+        DeployInput {
+            image: "10.77.0.12:5000/demo:v2".into(),
+        }
+    }
+
+    #[test]
+    fn first_deploy_goes_to_blue() {
+        let p = plan_deploy(
+            &view(SlotState::Empty, SlotState::Empty),
+            &input(),
+            "preview.codeb.test",
+        )
+        .unwrap();
+        assert_eq!(
+            p.to_string(),
+            "deploy into blue (port 4100)
+  1. pull 10.77.0.12:5000/demo:v2
+  2. ensure network codeb-main
+  3. remove container shop-production-blue if present
+  4. run shop-production-blue from 10.77.0.12:5000/demo:v2 on 127.0.0.1:4100
+  5. probe http://127.0.0.1:4100/health every 1000 ms until 200, at most 60 s
+  6. record the slot as deployed
+  7. route preview host shop-production-blue.preview.codeb.test to port 4100
+"
+        );
+        assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn blue_active_deploys_to_green() {
+        let p = plan_deploy(
+            &view(SlotState::Active, SlotState::Empty),
+            &input(),
+            "p.test",
+        )
+        .unwrap();
+        assert_eq!(
+            (p.slot, p.port, p.container.as_str()),
+            (SlotName::Green, 4101, "shop-production-green")
+        );
+        assert_eq!(p.preview_host, "shop-production-green.p.test");
+    }
+
+    #[test]
+    fn grace_slot_is_replaced_with_a_warning() {
+        let p = plan_deploy(
+            &view(SlotState::Grace, SlotState::Active),
+            &input(),
+            "p.test",
+        )
+        .unwrap();
+        assert_eq!(p.slot, SlotName::Blue);
+        assert_eq!(p.warnings.len(), 1);
+        assert!(p.warnings[0].contains("rollback"), "{}", p.warnings[0]);
+    }
+
+    #[test]
+    fn unpromoted_deploy_is_replaced() {
+        let p = plan_deploy(
+            &view(SlotState::Empty, SlotState::Deployed),
+            &input(),
+            "p.test",
+        )
+        .unwrap();
+        assert_eq!(p.slot, SlotName::Green);
+        let p = plan_deploy(
+            &view(SlotState::Active, SlotState::Deployed),
+            &input(),
+            "p.test",
+        )
+        .unwrap();
+        assert_eq!(p.slot, SlotName::Green);
+    }
+}
