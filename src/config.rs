@@ -72,6 +72,30 @@ pub struct Config {
     /// Streaming server (Centrifugo) settings.
     #[serde(default)]
     pub streaming: StreamingConfig,
+    /// Blue-green lifecycle settings.
+    #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+}
+
+/// Blue-green lifecycle settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// How long a replaced release stays available for rollback, in seconds (default 48 h).
+    #[serde(default = "default_grace_secs")]
+    pub grace_period_secs: u64,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self {
+            grace_period_secs: default_grace_secs(),
+        }
+    }
+}
+
+fn default_grace_secs() -> u64 {
+    48 * 3600
 }
 
 /// MCP transport settings.

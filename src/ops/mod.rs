@@ -22,6 +22,8 @@ pub struct Ctx {
     pub db: Db,
     /// Briefly cached observations of the servers.
     pub observer: observe::Observer,
+    /// This process's identity as a lease owner.
+    pub instance_id: String,
 }
 
 impl Ctx {
@@ -39,6 +41,12 @@ impl Ctx {
             fleet,
             db,
             observer: observe::Observer::default(),
+            instance_id: format!("codeb-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         }
+    }
+
+    /// How long a replaced release stays in grace.
+    pub fn grace_period(&self) -> chrono::Duration {
+        chrono::Duration::seconds(self.config.lifecycle.grace_period_secs.min(i64::MAX as u64 / 2) as i64)
     }
 }

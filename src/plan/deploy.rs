@@ -229,8 +229,8 @@ pub(crate) mod tests {
   3. remove container shop-production-blue if present
   4. run shop-production-blue from 10.77.0.12:5000/demo:v2 on 127.0.0.1:4100
   5. probe http://127.0.0.1:4100/health every 1000 ms until 200, at most 60 s
-  6. record the slot as deployed
-  7. route preview host shop-production-blue.preview.codeb.test to port 4100
+  6. route preview host shop-production-blue.preview.codeb.test to port 4100
+  7. record the slot as deployed
 "
         );
         assert!(p.warnings.is_empty());

@@ -1,0 +1,983 @@
+//! The blue-green lifecycle (DESIGN §2, §7): deploy, promote, rollback and
+//! slot cleanup. Each operation observes (database + servers), plans with a
+//! pure planner, and applies step by step under a deployment record with a
+//! lease. Every remote command is journaled. No transaction or lock is held
+//! across SSH work: state flips are short, fenced transactions.
+//!
+//! Cancellation: `abort` is honoured only before the traffic switch; after
+//! the switch an operation always completes.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::exec::{CmdOutput, Remote};
+use crate::model::{validate_project_name, Environment, ServerRole, SlotName, SlotState};
+use crate::ops::Ctx;
+use crate::plan::cmd::RemoteCmd;
+use crate::plan::deploy::{plan_deploy, DeployInput, DeployPlan, DeployStep, HEALTH_DEADLINE_SECS, HEALTH_INTERVAL_MS, HEALTH_PROBE_TIMEOUT_SECS};
+use crate::plan::dns::{env_hostnames, srv_patch_body, RrsetChange};
+use crate::plan::env::EnvView;
+use crate::plan::podman::{self, RunSpec};
+use crate::plan::switch::{plan_cleanup, plan_promote, plan_rollback, SwitchPlan};
+use crate::state::deployments::{self as journal, Begin, NewDeployment};
+use crate::state::slots::{self, EnvRow};
+use crate::state::DbError;
+
+/// How long a lease lasts without a heartbeat (DESIGN §7).
+pub const LEASE_DURATION: Duration = Duration::from_secs(60);
+/// Heartbeat interval of a running operation's lease.
+pub const LEASE_HEARTBEAT: Duration = Duration::from_secs(15);
+/// How long a switch may take to show through Caddy before it is undone.
+pub const SWITCH_VERIFY_DEADLINE: Duration = Duration::from_secs(15);
+/// Consecutive answers from the new slot that confirm a switch.
+pub const SWITCH_VERIFY_CONFIRMATIONS: u32 = 2;
+/// Header Caddy adds with the upstream port.
+pub const UPSTREAM_HEADER: &str = "x-codeb-upstream";
+
+/// Why an operation did not succeed; every variant reads as advice.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such project.
+    #[error("project {0:?} not found; project_list shows the registered projects")]
+    NotFound(String),
+    /// The plan cannot be made in the current state.
+    #[error("{0}")]
+    Refused(String),
+    /// Another operation runs on the same (project, environment).
+    #[error("{operation} {running_id} is already running on {project} {environment} (since {since}); wait for it (deployment_get) and try again")]
+    Busy {
+        /// Project.
+        project: String,
+        /// Environment.
+        environment: Environment,
+        /// The running operation.
+        running_id: Uuid,
+        /// Its kind.
+        operation: String,
+        /// Start time.
+        since: String,
+    },
+    /// A step failed; the deployment record has the journal.
+    #[error("{operation} {deployment_id} failed at {step}: {message}. {aftermath} See deployment_get {deployment_id} for the step journal")]
+    Failed {
+        /// Operation.
+        operation: &'static str,
+        /// Deployment id.
+        deployment_id: Uuid,
+        /// Step name.
+        step: String,
+        /// What went wrong.
+        message: String,
+        /// What state things were left in.
+        aftermath: String,
+    },
+    /// The client went away before the traffic switch.
+    #[error("{operation} {deployment_id} was cancelled before the traffic switch; nothing was switched. {aftermath}")]
+    Cancelled {
+        /// Operation.
+        operation: &'static str,
+        /// Deployment id.
+        deployment_id: Uuid,
+        /// What was cleaned up.
+        aftermath: String,
+    },
+    /// The database failed.
+    #[error("{0}; check health_check")]
+    Db(#[from] DbError),
+}
+
+/// A progress event for the MCP layer: phase number, total, message.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// 1-based phase.
+    pub phase: u32,
+    /// Number of phases.
+    pub total: u32,
+    /// Phase text.
+    pub message: String,
+}
+
+/// Where an operation reports progress.
+pub type ProgressTx = mpsc::UnboundedSender<Progress>;
+
+/// Who asks, for the record.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Principal name (key label or `local`).
+    pub principal: String,
+}
+
+/// A running operation: its record, fence and reporting channels.
+struct Op<'a> {
+    ctx: &'a Ctx,
+    operation: &'static str,
+    id: Uuid,
+    token: i64,
+    row: EnvRow,
+    progress: ProgressTx,
+    total: u32,
+    phase: u32,
+    abort: CancellationToken,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Op<'_> {
+    fn env(&self) -> &str {
+        self.row.view.environment.as_str()
+    }
+
+    fn phase(&mut self, message: impl Into<String>) {
+        self.phase += 1;
+        let _ = self.progress.send(Progress { phase: self.phase, total: self.total, message: message.into() });
+    }
+
+    fn app(&self) -> Result<Arc<dyn Remote>, String> {
+        self.ctx
+            .fleet
+            .for_role(ServerRole::App)
+            .map(|(_, r)| r.clone())
+            .ok_or_else(|| "no app server configured".to_string())
+    }
+
+    /// Runs one command on the app server and journals it.
+    async fn run(&self, step: &str, cmd: &RemoteCmd) -> Result<CmdOutput, String> {
+        let app = self.app()?;
+        let started = Instant::now();
+        let result = app.run(cmd).await;
+        let (exit, tail) = match &result {
+            Ok(o) => (o.status, Some(o.stderr_tail())),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        if let Ok(pool) = self.ctx.db.pool().await {
+            let _ = journal::step_append(pool, self.id, step, Some(app.name()), &cmd.argv(), exit, tail.as_deref(), started.elapsed()).await;
+        }
+        result.map_err(|e| e.to_string())
+    }
+
+    /// Like `run` but a non-zero exit is an error naming stderr.
+    async fn run_ok(&self, step: &str, cmd: &RemoteCmd) -> Result<CmdOutput, String> {
+        let out = self.run(step, cmd).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(format!(
+                "`{}` exited with {}: {}",
+                cmd.program,
+                out.status.map_or("a signal".into(), |c| c.to_string()),
+                bounded(&out.stderr_tail())
+            ))
+        }
+    }
+
+    async fn journal_note(&self, step: &str, note: &str, duration: Duration) {
+        if let Ok(pool) = self.ctx.db.pool().await {
+            let _ = journal::step_append(pool, self.id, step, None, &[], None, Some(note), duration).await;
+        }
+    }
+
+    async fn finish(self, ok: bool, error: Option<&str>, result: Option<&serde_json::Value>) -> Result<(), OpError> {
+        self.heartbeat.abort();
+        let pool = self.ctx.db.pool().await?;
+        journal::deployment_finish(pool, self.id, self.token, ok, error, result).await?;
+        Ok(())
+    }
+}
+
+fn bounded(s: &str) -> String {
+    let s = s.trim();
+    if s.len() > 400 {
+        let mut end = 400;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &s[..end])
+    } else {
+        s.to_string()
+    }
+}
+
+/// Observes a (project, environment) and starts an operation on it.
+async fn begin<'a>(
+    ctx: &'a Ctx,
+    operation: &'static str,
+    project: &str,
+    environment: Environment,
+    image: Option<&str>,
+    idempotency_key: Option<&str>,
+    reason: Option<&str>,
+    caller: &Caller,
+    progress: ProgressTx,
+    total: u32,
+    abort: CancellationToken,
+) -> Result<Result<Op<'a>, Uuid>, OpError> {
+    let pool = ctx.db.pool().await?;
+    let row = slots::env_view(pool, project, environment).await?.ok_or_else(|| OpError::NotFound(project.to_string()))?;
+    let id = Uuid::new_v4();
+    let new = NewDeployment {
+        id,
+        project_id: row.project_id,
+        environment: environment.as_str(),
+        operation,
+        slot: None,
+        image,
+        idempotency_key,
+        principal: &caller.principal,
+        reason,
+        lease_owner: &ctx.instance_id,
+        lease: LEASE_DURATION,
+    };
+    let token = match journal::deployment_begin(pool, &new).await? {
+        Begin::Started { fencing_token, recovered } => {
+            for r in recovered {
+                recover(ctx, &row, &r).await;
+            }
+            fencing_token
+        }
+        Begin::Busy { running_id, operation, since } => {
+            return Err(OpError::Busy {
+                project: project.to_string(),
+                environment,
+                running_id,
+                operation,
+                since: since.to_rfc3339(),
+            })
+        }
+        Begin::Duplicate { existing_id } => return Ok(Err(existing_id)),
+    };
+    // Recovery may have changed slots: observe again under our lease.
+    let row = slots::env_view(pool, project, environment).await?.ok_or_else(|| OpError::NotFound(project.to_string()))?;
+    let heartbeat = {
+        let db = ctx.db.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE_HEARTBEAT).await;
+                let Ok(pool) = db.pool().await else { continue };
+                match journal::deployment_heartbeat(pool, id, token, LEASE_DURATION).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => tracing::warn!(%id, error = %e, "lease heartbeat failed"),
+                }
+            }
+        })
+    };
+    Ok(Ok(Op { ctx, operation, id, token, row, progress, total, phase: 0, abort, heartbeat }))
+}
+
+/// Puts a crashed operation's leftovers in line with the database: a
+/// container the crashed deploy started but never recorded is removed, and
+/// the routes are rebuilt from the recorded slot states.
+async fn recover(ctx: &Ctx, row: &EnvRow, r: &journal::Recovered) {
+    tracing::warn!(id = %r.id, operation = %r.operation, "recovering an operation whose lease expired");
+    let Some((_, app)) = ctx.fleet.for_role(ServerRole::App) else { return };
+    let Ok(pool) = ctx.db.pool().await else { return };
+    if r.operation == "deploy" {
+        if let Some(slot) = r.slot.as_deref().and_then(SlotName::parse) {
+            let recorded = slots::slot_deployment(pool, row.project_id, row.view.environment.as_str(), slot.as_str()).await;
+            if !matches!(recorded, Ok(Some(d)) if d == r.id) {
+                if let Ok(cmd) = podman::rm_force(&row.view.container(slot)) {
+                    let _ = app.run(&cmd).await;
+                }
+                let _ = sqlx::query(
+                    "UPDATE slots SET state = 'empty', image = NULL, deployment_id = NULL, grace_expires_at = NULL
+                      WHERE project_id = $1 AND environment = $2 AND slot = $3 AND state IN ('empty', 'deployed', 'grace')",
+                )
+                .bind(row.project_id)
+                .bind(row.view.environment.as_str())
+                .bind(slot.as_str())
+                .execute(pool)
+                .await;
+                if let Ok(client) = crate::ops::pdns::pdns_client(ctx).await {
+                    let host = crate::plan::dns::preview_hostname(&row.view.project, row.view.environment, slot, &ctx.config.routing.preview_domain);
+                    let name = crate::plan::dns::route_rrset_name(&host, &ctx.config.routing.route_zone);
+                    let body = srv_patch_body(&[RrsetChange::Delete { name }], &ctx.config.routing.route_target);
+                    let _ = client.patch_rrsets(&ctx.config.routing.route_zone, &body).await;
+                }
+            }
+        }
+    }
+    if matches!(r.operation.as_str(), "promote" | "rollback" | "slot_cleanup") {
+        if let Ok(Some(fresh)) = slots::env_view(pool, &row.view.project, row.view.environment).await {
+            let v = &fresh.view;
+            if let Some(active) = v.in_state(SlotState::Active) {
+                let fallback = v.in_state(SlotState::Grace).or_else(|| v.in_state(SlotState::Deployed)).map(|s| v.port(s.slot));
+                let hosts = env_hostnames(&v.project, v.environment, &ctx.config.routing.base_domain);
+                let changes = crate::plan::switch::route_changes(&hosts, &ctx.config.routing.route_zone, v.port(active.slot), fallback);
+                if let Ok(client) = crate::ops::pdns::pdns_client(ctx).await {
+                    let body = srv_patch_body(&changes, &ctx.config.routing.route_target);
+                    let _ = client.patch_rrsets(&ctx.config.routing.route_zone, &body).await;
+                }
+            }
+        }
+    }
+    ctx.observer.invalidate();
+}
+
+/// Result of a deploy.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployOutcome {
+    /// Deployment id.
+    pub deployment_id: Uuid,
+    /// Slot filled.
+    pub slot: SlotName,
+    /// Its host port.
+    pub port: u16,
+    /// Image.
+    pub image: String,
+    /// Preview URL routed through Caddy.
+    pub preview_url: String,
+    /// Health gate result.
+    pub health: String,
+    /// Notes (e.g. a grace slot was replaced).
+    pub warnings: Vec<String>,
+    /// True when this is an earlier deployment returned for the same idempotency key.
+    pub replayed: bool,
+}
+
+/// Either a plan (dry run) or what was done.
+#[derive(Debug)]
+pub enum Outcome<P, D> {
+    /// `dry_run`: the plan, nothing changed.
+    Planned(P),
+    /// Applied.
+    Done(D),
+}
+
+/// Validates an environment's project and reads it for a dry run.
+async fn observe(ctx: &Ctx, project: &str, environment: Environment) -> Result<EnvRow, OpError> {
+    validate_project_name(project).map_err(|e| OpError::Invalid(e.0))?;
+    let pool = ctx.db.pool().await?;
+    slots::env_view(pool, project, environment).await?.ok_or_else(|| OpError::NotFound(project.to_string()))
+}
+
+fn preview_url(ctx: &Ctx, host: &str) -> String {
+    let scheme = if ctx.config.routing.public_http.starts_with("https://") { "https" } else { "http" };
+    format!("{scheme}://{host}")
+}
+
+/// deploy: observe → plan → apply (DESIGN §2).
+#[allow(clippy::too_many_arguments)]
+pub async fn deploy(
+    ctx: &Ctx,
+    project: &str,
+    environment: Environment,
+    image: &str,
+    idempotency_key: Option<&str>,
+    dry_run: bool,
+    caller: &Caller,
+    progress: ProgressTx,
+    abort: CancellationToken,
+) -> Result<Outcome<DeployPlan, DeployOutcome>, OpError> {
+    podman::validate_image_ref(image).map_err(|e| OpError::Invalid(e.0))?;
+    if let Some(k) = idempotency_key {
+        if k.is_empty() || k.len() > 128 || !k.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(OpError::Invalid("idempotency_key must be 1-128 printable ASCII characters without spaces".into()));
+        }
+    }
+    let observed = observe(ctx, project, environment).await?;
+    let input = DeployInput { image: image.to_string() };
+    if dry_run {
+        let plan = plan_deploy(&observed.view, &input, &ctx.config.routing.preview_domain).map_err(|e| OpError::Refused(e.0))?;
+        return Ok(Outcome::Planned(plan));
+    }
+    let total = 8;
+    let mut op = match begin(ctx, "deploy", project, environment, Some(image), idempotency_key, None, caller, progress, total, abort).await? {
+        Ok(op) => op,
+        Err(existing) => return replay_deploy(ctx, existing).await.map(Outcome::Done),
+    };
+    let plan = match plan_deploy(&op.row.view, &input, &ctx.config.routing.preview_domain) {
+        Ok(p) => p,
+        Err(e) => {
+            let msg = e.0.clone();
+            op.finish(false, Some(&msg), None).await?;
+            return Err(OpError::Refused(msg));
+        }
+    };
+    if let Ok(pool) = ctx.db.pool().await {
+        let _ = sqlx::query("UPDATE deployments SET slot = $2 WHERE id = $1").bind(op.id).bind(plan.slot.as_str()).execute(pool).await;
+    }
+    op.phase(format!("planned: deploy {image} into {} (port {})", plan.slot, plan.port));
+    match apply_deploy(&mut op, &plan, image).await {
+        Ok(health) => {
+            let outcome = DeployOutcome {
+                deployment_id: op.id,
+                slot: plan.slot,
+                port: plan.port,
+                image: image.to_string(),
+                preview_url: preview_url(ctx, &plan.preview_host),
+                health,
+                warnings: plan.warnings.clone(),
+                replayed: false,
+            };
+            op.phase("deployed");
+            let result = serde_json::to_value(&outcome).ok();
+            op.finish(true, None, result.as_ref()).await?;
+            ctx.observer.invalidate();
+            Ok(Outcome::Done(outcome))
+        }
+        Err((step, message, cancelled)) => {
+            let aftermath = cleanup_failed_deploy(&op, &plan).await;
+            let id = op.id;
+            let err = if cancelled {
+                OpError::Cancelled { operation: "deploy", deployment_id: id, aftermath }
+            } else {
+                OpError::Failed { operation: "deploy", deployment_id: id, step, message, aftermath }
+            };
+            op.finish(false, Some(&err.to_string()), None).await?;
+            ctx.observer.invalidate();
+            Err(err)
+        }
+    }
+}
+
+async fn replay_deploy(ctx: &Ctx, id: Uuid) -> Result<DeployOutcome, OpError> {
+    let pool = ctx.db.pool().await?;
+    let row = journal::deployment_by_id(pool, id).await?.ok_or_else(|| OpError::Refused(format!("deployment {id} vanished")))?;
+    match (row.status.as_str(), row.result) {
+        ("succeeded", Some(r)) => {
+            let mut o: DeployOutcome = serde_json::from_value(r).map_err(|e| OpError::Refused(e.to_string()))?;
+            o.replayed = true;
+            Ok(o)
+        }
+        ("running", _) => Err(OpError::Refused(format!(
+            "deployment {id} with this idempotency key is still running; poll deployment_get {id}"
+        ))),
+        (status, _) => Err(OpError::Refused(format!(
+            "deployment {id} with this idempotency key ended {status}: {}; use a new idempotency_key to deploy again",
+            row.error.unwrap_or_default()
+        ))),
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeployOutcome {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Raw {
+            deployment_id: Uuid,
+            slot: SlotName,
+            port: u16,
+            image: String,
+            preview_url: String,
+            health: String,
+            #[serde(default)]
+            warnings: Vec<String>,
+        }
+        let r = Raw::deserialize(d)?;
+        Ok(DeployOutcome {
+            deployment_id: r.deployment_id,
+            slot: r.slot,
+            port: r.port,
+            image: r.image,
+            preview_url: r.preview_url,
+            health: r.health,
+            warnings: r.warnings,
+            replayed: false,
+        })
+    }
+}
+
+type StepFailure = (String, String, bool);
+
+fn fail(step: &str, message: impl Into<String>) -> StepFailure {
+    (step.to_string(), message.into(), false)
+}
+
+async fn apply_deploy(op: &mut Op<'_>, plan: &DeployPlan, image: &str) -> Result<String, StepFailure> {
+    let view = op.row.view.clone();
+    let mut health = String::new();
+    for step in &plan.steps {
+        if op.abort.is_cancelled() {
+            return Err(("cancel".into(), "client went away".into(), true));
+        }
+        match step {
+            DeployStep::Pull { image } => {
+                op.phase(format!("pulling {image}"));
+                let cmd = podman::pull(image).map_err(|e| fail("pull", e.0))?;
+                op.run_ok("pull", &cmd).await.map_err(|e| fail("pull", e))?;
+            }
+            DeployStep::EnsureNetwork => {
+                let exists = op.run("network_exists", &podman::network_exists(podman::NETWORK)).await.map_err(|e| fail("network", e))?;
+                if !exists.success() {
+                    op.run_ok("network_create", &podman::network_create(podman::NETWORK)).await.map_err(|e| fail("network", e))?;
+                }
+            }
+            DeployStep::RemoveContainer { container } => {
+                op.phase(format!("replacing container {container}"));
+                let cmd = podman::rm_force(container).map_err(|e| fail("remove", e.0))?;
+                op.run_ok("remove_old", &cmd).await.map_err(|e| fail("remove", e))?;
+            }
+            DeployStep::Run { container, image, host_port } => {
+                op.phase(format!("starting {container}"));
+                let labels = [
+                    (podman::LABEL_PROJECT, view.project.clone()),
+                    (podman::LABEL_ENVIRONMENT, view.environment.to_string()),
+                    (podman::LABEL_SLOT, plan.slot.to_string()),
+                    (podman::LABEL_DEPLOYMENT, op.id.to_string()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+                let spec = RunSpec {
+                    name: container.clone(),
+                    image: image.clone(),
+                    labels,
+                    network: podman::NETWORK.to_string(),
+                    host_port: *host_port,
+                    container_port: view.container_port,
+                    memory: view.memory.clone(),
+                    cpus: view.cpus.clone(),
+                    env_file: None,
+                };
+                let cmd = podman::run(&spec).map_err(|e| fail("run", e.0))?;
+                op.run_ok("run", &cmd).await.map_err(|e| fail("run", e))?;
+            }
+            DeployStep::HealthGate { port, path } => {
+                op.phase(format!("health-gating 127.0.0.1:{port}{path}"));
+                health = health_gate(op, *port, path).await?;
+            }
+            DeployStep::PreviewRoute { host, port } => {
+                op.phase(format!("routing preview host {host}"));
+                let changes = crate::plan::switch::route_changes(std::slice::from_ref(host), &op.ctx.config.routing.route_zone, *port, None);
+                patch_routes(op, "preview_route", &changes).await.map_err(|e| fail("preview_route", e))?;
+            }
+            DeployStep::MarkDeployed => {
+                let pool = op.ctx.db.pool().await.map_err(|e| fail("record", e.to_string()))?;
+                slots::slot_set(pool, op.id, op.token, op.row.project_id, op.env(), plan.slot.as_str(), "deployed", Some(image))
+                    .await
+                    .map_err(|e| fail("record", e.to_string()))?;
+            }
+        }
+    }
+    Ok(health)
+}
+
+/// Probes the slot directly until it answers 200 or the deadline passes.
+async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, StepFailure> {
+    let cmd = podman::probe_http(port, path, HEALTH_PROBE_TIMEOUT_SECS).map_err(|e| fail("health", e.0))?;
+    let app = op.app().map_err(|e| fail("health", e))?;
+    let started = Instant::now();
+    let deadline = Duration::from_secs(HEALTH_DEADLINE_SECS);
+    let mut probes = 0u32;
+    let mut last;
+    let mut last_report = Instant::now();
+    loop {
+        if op.abort.is_cancelled() {
+            return Err(("cancel".into(), "client went away".into(), true));
+        }
+        probes += 1;
+        let probe_started = Instant::now();
+        last = match app.run(&cmd).await {
+            Ok(out) => match out.stdout_text().trim() {
+                "200" => {
+                    let note = format!("healthy after {probes} probe(s) in {} ms: GET {path} answered 200", started.elapsed().as_millis());
+                    op.journal_note("health_gate", &note, started.elapsed()).await;
+                    return Ok(note);
+                }
+                "000" | "" => format!("no answer ({})", bounded(&out.stderr_tail())),
+                code => format!("HTTP {code}"),
+            },
+            Err(e) => e.to_string(),
+        };
+        if started.elapsed() >= deadline {
+            let msg = format!("health check GET {path} on port {port} never answered 200 within {HEALTH_DEADLINE_SECS} s ({probes} probes; last: {last})");
+            op.journal_note("health_gate", &msg, started.elapsed()).await;
+            return Err(fail("health_gate", msg));
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            let _ = op.progress.send(Progress {
+                phase: op.phase,
+                total: op.total,
+                message: format!("still waiting for health ({} s, last: {last})", started.elapsed().as_secs()),
+            });
+        }
+        let wait = Duration::from_millis(HEALTH_INTERVAL_MS).saturating_sub(probe_started.elapsed());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = op.abort.cancelled() => {}
+        }
+    }
+}
+
+async fn cleanup_failed_deploy(op: &Op<'_>, plan: &DeployPlan) -> String {
+    let mut notes = Vec::new();
+    match podman::rm_force(&plan.container) {
+        Ok(cmd) => match op.run_ok("cleanup_remove", &cmd).await {
+            Ok(_) => notes.push(format!("container {} removed", plan.container)),
+            Err(e) => notes.push(format!("could not remove {}: {e}", plan.container)),
+        },
+        Err(e) => notes.push(e.0),
+    }
+    let name = crate::plan::dns::route_rrset_name(&plan.preview_host, &op.ctx.config.routing.route_zone);
+    if let Err(e) = patch_routes(op, "cleanup_preview_route", &[RrsetChange::Delete { name }]).await {
+        notes.push(format!("preview route not removed: {e}"));
+    }
+    if let Ok(pool) = op.ctx.db.pool().await {
+        match slots::slot_set(pool, op.id, op.token, op.row.project_id, op.env(), plan.slot.as_str(), "empty", None).await {
+            Ok(()) => notes.push(format!("slot {} is empty", plan.slot)),
+            Err(e) => notes.push(format!("slot {} not reset: {e}", plan.slot)),
+        }
+    }
+    notes.push("the active slot was not touched".into());
+    format!("{}.", notes.join("; "))
+}
+
+/// One atomic PATCH of route rrsets, journaled.
+async fn patch_routes(op: &Op<'_>, step: &str, changes: &[RrsetChange]) -> Result<(), String> {
+    let started = Instant::now();
+    let zone = op.ctx.config.routing.route_zone.clone();
+    let body = srv_patch_body(changes, &op.ctx.config.routing.route_target);
+    let result = async {
+        let client = crate::ops::pdns::pdns_client(op.ctx).await.map_err(|e| e.to_string())?;
+        client.patch_rrsets(&zone, &body).await.map_err(|e| e.to_string())
+    }
+    .await;
+    let names: Vec<String> = changes
+        .iter()
+        .map(|c| match c {
+            RrsetChange::Replace { name, targets } => format!(
+                "{name} = {}",
+                targets.iter().map(|t| format!("{}:{}", t.priority, t.port)).collect::<Vec<_>>().join(",")
+            ),
+            RrsetChange::Delete { name } => format!("{name} deleted"),
+        })
+        .collect();
+    let note = match &result {
+        Ok(()) => format!("PATCH zone {zone}: {}", names.join("; ")),
+        Err(e) => format!("PATCH zone {zone} failed: {e}"),
+    };
+    op.journal_note(step, &note, started.elapsed()).await;
+    result
+}
+
+/// Result of a promote or rollback.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwitchOutcome {
+    /// Deployment id.
+    pub deployment_id: Uuid,
+    /// Slot now active.
+    pub active: SlotName,
+    /// Its port.
+    pub port: u16,
+    /// Its image.
+    pub image: Option<String>,
+    /// Slot kept as fallback.
+    pub previous: Option<SlotName>,
+    /// State of the previous slot now.
+    pub previous_state: Option<String>,
+    /// Host names switched.
+    pub hosts: Vec<String>,
+    /// Milliseconds from the PATCH to the first confirmed answer from the new slot.
+    pub switch_visible_ms: u64,
+}
+
+/// promote (DESIGN §2).
+pub async fn promote(
+    ctx: &Ctx,
+    project: &str,
+    environment: Environment,
+    dry_run: bool,
+    caller: &Caller,
+    progress: ProgressTx,
+    abort: CancellationToken,
+) -> Result<Outcome<SwitchPlan, SwitchOutcome>, OpError> {
+    switch(ctx, "promote", project, environment, None, dry_run, caller, progress, abort).await
+}
+
+/// rollback (DESIGN §2).
+#[allow(clippy::too_many_arguments)]
+pub async fn rollback(
+    ctx: &Ctx,
+    project: &str,
+    environment: Environment,
+    reason: Option<&str>,
+    dry_run: bool,
+    caller: &Caller,
+    progress: ProgressTx,
+    abort: CancellationToken,
+) -> Result<Outcome<SwitchPlan, SwitchOutcome>, OpError> {
+    if let Some(r) = reason {
+        if r.len() > 1000 || r.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(OpError::Invalid("reason must be at most 1000 characters of text".into()));
+        }
+    }
+    switch(ctx, "rollback", project, environment, reason, dry_run, caller, progress, abort).await
+}
+
+fn plan_switch(ctx: &Ctx, operation: &str, view: &EnvView) -> Result<SwitchPlan, OpError> {
+    let hosts = env_hostnames(&view.project, view.environment, &ctx.config.routing.base_domain);
+    let zone = &ctx.config.routing.route_zone;
+    let now = Utc::now();
+    let r = if operation == "promote" {
+        plan_promote(view, &hosts, zone, now, ctx.grace_period())
+    } else {
+        plan_rollback(view, &hosts, zone, now)
+    };
+    r.map_err(|e| OpError::Refused(e.0))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn switch(
+    ctx: &Ctx,
+    operation: &'static str,
+    project: &str,
+    environment: Environment,
+    reason: Option<&str>,
+    dry_run: bool,
+    caller: &Caller,
+    progress: ProgressTx,
+    abort: CancellationToken,
+) -> Result<Outcome<SwitchPlan, SwitchOutcome>, OpError> {
+    let observed = observe(ctx, project, environment).await?;
+    if dry_run {
+        return plan_switch(ctx, operation, &observed.view).map(Outcome::Planned);
+    }
+    let mut op = match begin(ctx, operation, project, environment, None, None, reason, caller, progress, 5, abort).await? {
+        Ok(op) => op,
+        Err(_) => unreachable!("no idempotency key"),
+    };
+    let plan = match plan_switch(ctx, operation, &op.row.view) {
+        Ok(p) => p,
+        Err(e) => {
+            op.finish(false, Some(&e.to_string()), None).await?;
+            return Err(e);
+        }
+    };
+    match apply_switch(&mut op, &plan).await {
+        Ok(visible) => {
+            let outcome = SwitchOutcome {
+                deployment_id: op.id,
+                active: plan.to,
+                port: plan.to_port,
+                image: plan.to_image.clone(),
+                previous: plan.from,
+                previous_state: plan.from_state.map(|s| s.as_str().to_string()),
+                hosts: plan.hosts.clone(),
+                switch_visible_ms: visible.as_millis() as u64,
+            };
+            op.phase("done");
+            let result = serde_json::to_value(&outcome).ok();
+            op.finish(true, None, result.as_ref()).await?;
+            Ok(Outcome::Done(outcome))
+        }
+        Err((step, message, cancelled)) => {
+            let id = op.id;
+            let err = if cancelled {
+                OpError::Cancelled { operation, deployment_id: id, aftermath: "Routes and slot states are unchanged.".into() }
+            } else {
+                OpError::Failed {
+                    operation,
+                    deployment_id: id,
+                    step,
+                    message,
+                    aftermath: "The previous route is in place and slot states are unchanged.".into(),
+                }
+            };
+            op.finish(false, Some(&err.to_string()), None).await?;
+            Err(err)
+        }
+    }
+}
+
+async fn apply_switch(op: &mut Op<'_>, plan: &SwitchPlan) -> Result<Duration, StepFailure> {
+    let view = op.row.view.clone();
+    // 1. Re-probe the slot that will take traffic.
+    op.phase(format!("probing {} before the switch", plan.to));
+    let cmd = podman::probe_http(plan.to_port, &view.health_path, HEALTH_PROBE_TIMEOUT_SECS).map_err(|e| fail("probe", e.0))?;
+    let out = op.run("probe", &cmd).await.map_err(|e| fail("probe", e))?;
+    if out.stdout_text().trim() != "200" {
+        return Err(fail(
+            "probe",
+            format!("slot {} (port {}) does not answer GET {} with 200 (got {})", plan.to, plan.to_port, view.health_path, out.stdout_text().trim()),
+        ));
+    }
+    if op.abort.is_cancelled() {
+        return Err(("cancel".into(), "client went away".into(), true));
+    }
+    // 2. Remember the current routes so a failed verification can put them back.
+    let client = crate::ops::pdns::pdns_client(op.ctx).await.map_err(|e| fail("route", e.to_string()))?;
+    let zone = op.ctx.config.routing.route_zone.clone();
+    let mut restore = Vec::new();
+    for c in &plan.changes {
+        if let RrsetChange::Replace { name, .. } = c {
+            let before = client.srv_rrset(&zone, name).await.map_err(|e| fail("route", e.to_string()))?;
+            restore.push(match before {
+                Some(targets) => RrsetChange::Replace { name: name.clone(), targets },
+                None => RrsetChange::Delete { name: name.clone() },
+            });
+        }
+    }
+    // 3. The switch: one atomic PATCH. From here on the operation completes.
+    op.phase(format!("switching {} to {} (port {})", plan.hosts.join(", "), plan.to, plan.to_port));
+    patch_routes(op, "switch_route", &plan.changes).await.map_err(|e| fail("switch_route", e))?;
+    let switched_at = Instant::now();
+    // 4. Verify through Caddy.
+    op.phase("verifying through Caddy");
+    match verify_through_caddy(op.ctx, &plan.hosts, plan.to_port).await {
+        Ok(()) => {}
+        Err(e) => {
+            let undo = patch_routes(op, "restore_route", &restore).await;
+            let msg = match undo {
+                Ok(()) => format!("{e}; the previous route was put back"),
+                Err(u) => format!("{e}; putting the previous route back ALSO failed: {u} — run drift_report"),
+            };
+            return Err(fail("verify", msg));
+        }
+    }
+    let visible = switched_at.elapsed();
+    op.journal_note("verify", &format!("responses through Caddy come from port {} after {} ms", plan.to_port, visible.as_millis()), visible)
+        .await;
+    // 5. Flip states in one short transaction.
+    op.phase("recording the switch");
+    let pool = op.ctx.db.pool().await.map_err(|e| fail("record", e.to_string()))?;
+    let from = plan.from.map(|s| (s.as_str(), plan.from_state.map(|x| x.as_str()).unwrap_or("deployed")));
+    slots::slots_switch(pool, op.id, op.token, op.row.project_id, op.env(), plan.to.as_str(), from, plan.grace_expires_at)
+        .await
+        .map_err(|e| fail("record", e.to_string()))?;
+    Ok(visible)
+}
+
+/// Polls Caddy with each host name until `SWITCH_VERIFY_CONFIRMATIONS`
+/// answers in a row carry `X-CodeB-Upstream: port`, or the deadline passes.
+pub async fn verify_through_caddy(ctx: &Ctx, hosts: &[String], port: u16) -> Result<(), String> {
+    let base = ctx.config.routing.public_http.trim_end_matches('/').to_string();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    for host in hosts {
+        let mut streak = 0;
+        let mut last = String::from("no answer yet");
+        while streak < SWITCH_VERIFY_CONFIRMATIONS {
+            if started.elapsed() > SWITCH_VERIFY_DEADLINE {
+                return Err(format!(
+                    "Caddy did not route {host} to port {port} within {} s (last: {last})",
+                    SWITCH_VERIFY_DEADLINE.as_secs()
+                ));
+            }
+            match client.get(format!("{base}/")).header("host", host.as_str()).send().await {
+                Ok(r) => {
+                    let upstream = r.headers().get(UPSTREAM_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    if upstream == port.to_string() && r.status().is_success() {
+                        streak += 1;
+                        continue;
+                    }
+                    streak = 0;
+                    last = format!("HTTP {} from upstream {:?}", r.status().as_u16(), upstream);
+                }
+                Err(e) => {
+                    streak = 0;
+                    last = e.to_string();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// Result of slot_cleanup for one environment.
+#[derive(Debug, Clone, Serialize)]
+pub struct CleanupOutcome {
+    /// Project.
+    pub project: String,
+    /// Environment.
+    pub environment: Environment,
+    /// Slot emptied.
+    pub slot: SlotName,
+    /// Container removed.
+    pub container: String,
+    /// Deployment id, absent in a dry run.
+    pub deployment_id: Option<Uuid>,
+}
+
+/// slot_cleanup: empties expired grace slots (never the active one).
+pub async fn slot_cleanup(
+    ctx: &Ctx,
+    project: Option<&str>,
+    environment: Option<Environment>,
+    dry_run: bool,
+    caller: &Caller,
+    progress: ProgressTx,
+) -> Result<Vec<CleanupOutcome>, OpError> {
+    if let Some(p) = project {
+        validate_project_name(p).map_err(|e| OpError::Invalid(e.0))?;
+    }
+    let pool = ctx.db.pool().await?;
+    let candidates: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT p.name, s.environment FROM slots s JOIN projects p ON p.id = s.project_id
+          WHERE s.state = 'grace' AND s.grace_expires_at <= now() AND p.deleted_at IS NULL
+            AND ($1::text IS NULL OR p.name = $1) AND ($2::text IS NULL OR s.environment = $2)
+          ORDER BY 1, 2",
+    )
+    .bind(project)
+    .bind(environment.map(Environment::as_str))
+    .fetch_all(pool)
+    .await
+    .map_err(DbError::from)?;
+    let mut done = Vec::new();
+    for (name, env) in candidates {
+        let Some(env) = Environment::parse(&env) else { continue };
+        let row = observe(ctx, &name, env).await?;
+        let hosts = env_hostnames(&name, env, &ctx.config.routing.base_domain);
+        let Some(plan) = plan_cleanup(&row.view, &hosts, &ctx.config.routing.route_zone, &ctx.config.routing.preview_domain, Utc::now()) else {
+            continue;
+        };
+        if dry_run {
+            done.push(CleanupOutcome { project: name, environment: env, slot: plan.slot, container: plan.container, deployment_id: None });
+            continue;
+        }
+        let op = match begin(ctx, "slot_cleanup", &name, env, None, None, None, caller, progress.clone(), 3, CancellationToken::new()).await {
+            Ok(Ok(op)) => op,
+            Ok(Err(_)) => continue,
+            Err(OpError::Busy { .. }) => continue,
+            Err(e) => return Err(e),
+        };
+        // Re-plan under the lease: the slot may have changed meanwhile.
+        let Some(plan) = plan_cleanup(&op.row.view, &hosts, &ctx.config.routing.route_zone, &ctx.config.routing.preview_domain, Utc::now()) else {
+            op.finish(true, None, None).await?;
+            continue;
+        };
+        let mut changes = plan.changes.clone();
+        changes.push(RrsetChange::Delete { name: plan.preview_rrset.clone() });
+        let applied: Result<(), String> = async {
+            patch_routes(&op, "route_without_grace", &changes).await?;
+            let cmd = podman::rm_force(&plan.container).map_err(|e| e.0)?;
+            op.run_ok("remove_container", &cmd).await?;
+            let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
+            slots::slot_set(pool, op.id, op.token, op.row.project_id, env.as_str(), plan.slot.as_str(), "empty", None)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        let id = op.id;
+        match applied {
+            Ok(()) => {
+                op.finish(true, None, None).await?;
+                done.push(CleanupOutcome { project: name, environment: env, slot: plan.slot, container: plan.container, deployment_id: Some(id) });
+            }
+            Err(e) => {
+                op.finish(false, Some(&e), None).await?;
+                return Err(OpError::Failed {
+                    operation: "slot_cleanup",
+                    deployment_id: id,
+                    step: "cleanup".into(),
+                    message: e,
+                    aftermath: "The active slot was not touched.".into(),
+                });
+            }
+        }
+    }
+    ctx.observer.invalidate();
+    Ok(done)
+}
