@@ -84,14 +84,22 @@ pub struct LifecycleConfig {
     /// How long a replaced release stays available for rollback, in seconds (default 48 h).
     #[serde(default = "default_grace_secs")]
     pub grace_period_secs: u64,
+    /// How long a new slot may take to answer its health check, in seconds.
+    #[serde(default = "default_health_deadline_secs")]
+    pub health_deadline_secs: u64,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
         Self {
             grace_period_secs: default_grace_secs(),
+            health_deadline_secs: default_health_deadline_secs(),
         }
     }
+}
+
+fn default_health_deadline_secs() -> u64 {
+    crate::plan::deploy::HEALTH_DEADLINE_SECS
 }
 
 fn default_grace_secs() -> u64 {

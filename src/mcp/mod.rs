@@ -5,11 +5,19 @@
 // of 2025-06-18 and 2025-11-25, which codeb serves too.
 #![allow(deprecated)]
 
+pub mod deploy;
+pub mod deployment_list;
 pub mod health_check;
 pub mod http;
+pub mod logs;
+pub mod longop;
+pub mod project_create;
 pub mod project_list;
+pub mod promote;
 pub mod prompts;
 pub mod resources;
+pub mod rollback;
+pub mod slot_cleanup;
 pub mod slot_status;
 
 use std::borrow::Cow;
@@ -69,7 +77,16 @@ impl CodebServer {
 
     /// Every tool of codeb.
     pub fn all_tools() -> ToolRouter<CodebServer> {
-        Self::health_check_router() + Self::project_list_router() + Self::slot_status_router()
+        Self::health_check_router()
+            + Self::project_list_router()
+            + Self::slot_status_router()
+            + Self::project_create_router()
+            + Self::deploy_router()
+            + Self::promote_router()
+            + Self::rollback_router()
+            + Self::slot_cleanup_router()
+            + Self::deployment_list_router()
+            + Self::logs_router()
     }
 
     /// The router, for sharing between sessions.
@@ -85,6 +102,22 @@ impl CodebServer {
     /// The shared context.
     pub fn ctx(&self) -> &Ctx {
         &self.ctx
+    }
+
+    /// The shared context, owned (for operations that run in their own task).
+    pub fn ctx_arc(&self) -> Arc<Ctx> {
+        self.ctx.clone()
+    }
+
+    /// Who is calling. Until API keys land (issue [5]) every caller is the
+    /// local operator.
+    pub fn caller(&self) -> crate::ops::lifecycle::Caller {
+        crate::ops::lifecycle::Caller { principal: "local".into() }
+    }
+
+    /// The caller's team.
+    pub fn caller_team(&self) -> String {
+        "default".into()
     }
 }
 

@@ -20,7 +20,7 @@ use crate::exec::{CmdOutput, Remote};
 use crate::model::{validate_project_name, Environment, ServerRole, SlotName, SlotState};
 use crate::ops::Ctx;
 use crate::plan::cmd::RemoteCmd;
-use crate::plan::deploy::{plan_deploy, DeployInput, DeployPlan, DeployStep, HEALTH_DEADLINE_SECS, HEALTH_INTERVAL_MS, HEALTH_PROBE_TIMEOUT_SECS};
+use crate::plan::deploy::{plan_deploy, CleanupStep, DeployInput, DeployPlan, DeployStep, HEALTH_INTERVAL_MS, HEALTH_PROBE_TIMEOUT_SECS};
 use crate::plan::dns::{env_hostnames, srv_patch_body, RrsetChange};
 use crate::plan::env::EnvView;
 use crate::plan::podman::{self, RunSpec};
@@ -564,7 +564,8 @@ async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, S
     let cmd = podman::probe_http(port, path, HEALTH_PROBE_TIMEOUT_SECS).map_err(|e| fail("health", e.0))?;
     let app = op.app().map_err(|e| fail("health", e))?;
     let started = Instant::now();
-    let deadline = Duration::from_secs(HEALTH_DEADLINE_SECS);
+    let deadline_secs = op.ctx.config.lifecycle.health_deadline_secs;
+    let deadline = Duration::from_secs(deadline_secs);
     let mut probes = 0u32;
     let mut last;
     let mut last_report = Instant::now();
@@ -587,7 +588,7 @@ async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, S
             Err(e) => e.to_string(),
         };
         if started.elapsed() >= deadline {
-            let msg = format!("health check GET {path} on port {port} never answered 200 within {HEALTH_DEADLINE_SECS} s ({probes} probes; last: {last})");
+            let msg = format!("health check GET {path} on port {port} never answered 200 within {deadline_secs} s ({probes} probes; last: {last})");
             op.journal_note("health_gate", &msg, started.elapsed()).await;
             return Err(fail("health_gate", msg));
         }
@@ -609,25 +610,30 @@ async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, S
 
 async fn cleanup_failed_deploy(op: &Op<'_>, plan: &DeployPlan) -> String {
     let mut notes = Vec::new();
-    match podman::rm_force(&plan.container) {
-        Ok(cmd) => match op.run_ok("cleanup_remove", &cmd).await {
-            Ok(_) => notes.push(format!("container {} removed", plan.container)),
-            Err(e) => notes.push(format!("could not remove {}: {e}", plan.container)),
-        },
-        Err(e) => notes.push(e.0),
-    }
-    let name = crate::plan::dns::route_rrset_name(&plan.preview_host, &op.ctx.config.routing.route_zone);
-    if let Err(e) = patch_routes(op, "cleanup_preview_route", &[RrsetChange::Delete { name }]).await {
-        notes.push(format!("preview route not removed: {e}"));
-    }
-    if let Ok(pool) = op.ctx.db.pool().await {
-        match slots::slot_set(pool, op.id, op.token, op.row.project_id, op.env(), plan.slot.as_str(), "empty", None).await {
-            Ok(()) => notes.push(format!("slot {} is empty", plan.slot)),
-            Err(e) => notes.push(format!("slot {} not reset: {e}", plan.slot)),
+    for step in crate::plan::deploy::plan_failed_deploy_cleanup(plan) {
+        let result: Result<(), String> = match &step {
+            CleanupStep::RemoveContainer(c) => match podman::rm_force(c) {
+                Ok(cmd) => op.run_ok("cleanup_remove", &cmd).await.map(|_| ()),
+                Err(e) => Err(e.0),
+            },
+            CleanupStep::DeletePreviewRoute(host) => {
+                let name = crate::plan::dns::route_rrset_name(host, &op.ctx.config.routing.route_zone);
+                patch_routes(op, "cleanup_preview_route", &[RrsetChange::Delete { name }]).await
+            }
+            CleanupStep::MarkEmpty(slot) => match op.ctx.db.pool().await {
+                Ok(pool) => slots::slot_set(pool, op.id, op.token, op.row.project_id, op.env(), slot.as_str(), "empty", None)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        match result {
+            Ok(()) => notes.push(format!("{step}: done")),
+            Err(e) => notes.push(format!("{step}: FAILED ({e})")),
         }
     }
     notes.push("the active slot was not touched".into());
-    format!("{}.", notes.join("; "))
+    format!("Cleanup: {}.", notes.join("; "))
 }
 
 /// One atomic PATCH of route rrsets, journaled.

@@ -2,7 +2,9 @@
 //! these; these call `state`, `plan` and `exec`.
 
 pub mod health;
+pub mod lifecycle;
 pub mod observe;
+pub mod redact;
 pub mod slots;
 
 use std::sync::Arc;
@@ -29,6 +31,10 @@ pub struct Ctx {
 impl Ctx {
     /// Context from config; opens no connection.
     pub fn new(config: Config) -> Self {
+        // codeb's own credentials never appear in output.
+        for secret in [config.database_password(), config.pdns_api_key()].into_iter().flatten().flatten() {
+            redact::register(&secret);
+        }
         let fleet = Fleet::from_config(&config);
         let db = Db::from_config(&config);
         Self::from_parts(config, fleet, db)

@@ -181,6 +181,37 @@ pub fn plan_deploy(
     })
 }
 
+/// What undoing a failed deploy does, in order. The active slot is never
+/// part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CleanupStep {
+    /// Remove the target slot's container.
+    RemoveContainer(String),
+    /// Delete the target slot's preview route.
+    DeletePreviewRoute(String),
+    /// Record the target slot as empty.
+    MarkEmpty(SlotName),
+}
+
+impl fmt::Display for CleanupStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RemoveContainer(c) => write!(f, "remove container {c}"),
+            Self::DeletePreviewRoute(h) => write!(f, "delete the preview route of {h}"),
+            Self::MarkEmpty(s) => write!(f, "record slot {s} as empty"),
+        }
+    }
+}
+
+/// The undo of `plan` after a failure at any step (health gate included).
+pub fn plan_failed_deploy_cleanup(plan: &DeployPlan) -> Vec<CleanupStep> {
+    vec![
+        CleanupStep::RemoveContainer(plan.container.clone()),
+        CleanupStep::DeletePreviewRoute(plan.preview_host.clone()),
+        CleanupStep::MarkEmpty(plan.slot),
+    ]
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -262,6 +293,20 @@ pub(crate) mod tests {
         assert_eq!(p.slot, SlotName::Blue);
         assert_eq!(p.warnings.len(), 1);
         assert!(p.warnings[0].contains("rollback"), "{}", p.warnings[0]);
+    }
+
+    #[test]
+    fn failed_health_cleans_only_the_target() {
+        let p = plan_deploy(&view(SlotState::Active, SlotState::Empty), &input(), "p.test").unwrap();
+        let steps: Vec<String> = plan_failed_deploy_cleanup(&p).iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            steps,
+            [
+                "remove container shop-production-green",
+                "delete the preview route of shop-production-green.p.test",
+                "record slot green as empty"
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,133 @@
+//! `deploy`: put an image into the inactive slot, health-gated, with a
+//! preview URL. Traffic does not move until `promote`.
+
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_router, RoleServer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::mcp::longop::run_long;
+use crate::mcp::CodebServer;
+use crate::model::{Environment, SlotName};
+use crate::ops::lifecycle::{self, Outcome};
+
+/// Input of deploy.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployParams {
+    /// Project name (lowercase letters, digits, '-').
+    pub project: String,
+    /// production, staging or preview.
+    pub environment: Environment,
+    /// Image reference to run, e.g. `registry:5000/app:v2`.
+    pub image: String,
+    /// Only plan: return the steps and change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// A key of your choosing (e.g. a CI run id); repeating it returns the same deployment instead of a second one.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// Result of deploy.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DeployResult {
+    /// One line for the reader.
+    pub summary: String,
+    /// True when only planned.
+    pub dry_run: bool,
+    /// Deployment id (poll with deployment_get); absent in a dry run.
+    pub deployment_id: Option<String>,
+    /// Slot filled.
+    pub slot: SlotName,
+    /// Host port of the slot.
+    pub port: u16,
+    /// Image deployed.
+    pub image: String,
+    /// Preview URL of the slot through Caddy.
+    pub preview_url: Option<String>,
+    /// Health gate result.
+    pub health: Option<String>,
+    /// The planned steps (dry run).
+    pub plan: Option<Vec<String>>,
+    /// Things to know, e.g. a grace release is replaced.
+    pub warnings: Vec<String>,
+    /// True when an earlier deployment with the same idempotency key is returned.
+    pub replayed: bool,
+}
+
+#[tool_router(router = deploy_router, vis = "pub(crate)")]
+impl CodebServer {
+    /// Deploy an image into the inactive blue/green slot of a project environment: pull, replace that slot's old container, run it with labels and limits, health-gate it directly, and route its preview URL. The active slot and live traffic are untouched until promote. On failure the target slot is cleaned up. Sends progress notifications.
+    #[tool(
+        name = "deploy",
+        title = "Deploy an image",
+        annotations(title = "Deploy an image", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    pub async fn deploy(
+        &self,
+        Parameters(p): Parameters<DeployParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<Json<DeployResult>, String> {
+        let ctx = self.ctx_arc();
+        let caller = self.caller();
+        let outcome = run_long(&context, move |progress, abort| async move {
+            lifecycle::deploy(
+                &ctx,
+                &p.project,
+                p.environment,
+                &p.image,
+                p.idempotency_key.as_deref(),
+                p.dry_run,
+                &caller,
+                progress,
+                abort,
+            )
+            .await
+            .map(|o| (o, p))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(Json(match outcome {
+            (Outcome::Planned(plan), p) => DeployResult {
+                summary: format!(
+                    "dry run: would deploy {} into {} {} {} (port {}); nothing changed",
+                    p.image, p.project, p.environment, plan.slot, plan.port
+                ),
+                dry_run: true,
+                deployment_id: None,
+                slot: plan.slot,
+                port: plan.port,
+                image: p.image,
+                preview_url: None,
+                health: None,
+                plan: Some(plan.steps.iter().map(|s| s.to_string()).collect()),
+                warnings: plan.warnings,
+                replayed: false,
+            },
+            (Outcome::Done(d), p) => DeployResult {
+                summary: format!(
+                    "{}deployed {} to {} {} {} (port {}), healthy; preview {}; promote to send traffic",
+                    if d.replayed { "already " } else { "" },
+                    d.image,
+                    p.project,
+                    p.environment,
+                    d.slot,
+                    d.port,
+                    d.preview_url
+                ),
+                dry_run: false,
+                deployment_id: Some(d.deployment_id.to_string()),
+                slot: d.slot,
+                port: d.port,
+                image: d.image,
+                preview_url: Some(d.preview_url),
+                health: Some(d.health),
+                plan: None,
+                warnings: d.warnings,
+                replayed: d.replayed,
+            },
+        }))
+    }
+}

@@ -1,0 +1,124 @@
+//! `promote` and `rollback`: move traffic between slots with one atomic
+//! route change, verified through Caddy.
+
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_router, RoleServer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::mcp::longop::run_long;
+use crate::mcp::CodebServer;
+use crate::model::{Environment, SlotName};
+use crate::ops::lifecycle::{self, Outcome, SwitchOutcome};
+use crate::plan::switch::SwitchPlan;
+
+/// Input of promote.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteParams {
+    /// Project name (lowercase letters, digits, '-').
+    pub project: String,
+    /// production, staging or preview.
+    pub environment: Environment,
+    /// Only plan: return the switch and change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Result of promote or rollback.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SwitchResult {
+    /// One line for the reader.
+    pub summary: String,
+    /// True when only planned.
+    pub dry_run: bool,
+    /// Deployment id of this switch; absent in a dry run.
+    pub deployment_id: Option<String>,
+    /// Slot that receives traffic.
+    pub active: SlotName,
+    /// Its port (seen in X-CodeB-Upstream through Caddy).
+    pub port: u16,
+    /// Its image.
+    pub image: Option<String>,
+    /// Slot kept behind as fallback.
+    pub previous: Option<SlotName>,
+    /// State of that slot now (grace after promote, deployed after rollback).
+    pub previous_state: Option<String>,
+    /// Host names that moved.
+    pub hosts: Vec<String>,
+    /// Milliseconds until the switch was confirmed through Caddy.
+    pub switch_visible_ms: Option<u64>,
+    /// The planned switch (dry run).
+    pub plan: Option<String>,
+}
+
+pub(crate) fn switch_result(operation: &str, project: &str, env: Environment, o: Outcome<SwitchPlan, SwitchOutcome>) -> SwitchResult {
+    match o {
+        Outcome::Planned(p) => SwitchResult {
+            summary: format!(
+                "dry run: {operation} would route {} to {} (port {}); nothing changed",
+                p.hosts.join(", "),
+                p.to,
+                p.to_port
+            ),
+            dry_run: true,
+            deployment_id: None,
+            active: p.to,
+            port: p.to_port,
+            image: p.to_image.clone(),
+            previous: p.from,
+            previous_state: p.from_state.map(|s| s.as_str().to_string()),
+            hosts: p.hosts.clone(),
+            switch_visible_ms: None,
+            plan: Some(p.to_string()),
+        },
+        Outcome::Done(d) => SwitchResult {
+            summary: format!(
+                "{operation} done: {project} {env} now serves {} from {} (port {}){}",
+                d.image.as_deref().unwrap_or("?"),
+                d.active,
+                d.port,
+                match (d.previous, &d.previous_state) {
+                    (Some(s), Some(st)) => format!("; {s} is {st}"),
+                    _ => String::new(),
+                }
+            ),
+            dry_run: false,
+            deployment_id: Some(d.deployment_id.to_string()),
+            active: d.active,
+            port: d.port,
+            image: d.image,
+            previous: d.previous,
+            previous_state: d.previous_state,
+            hosts: d.hosts,
+            switch_visible_ms: Some(d.switch_visible_ms),
+            plan: None,
+        },
+    }
+}
+
+#[tool_router(router = promote_router, vis = "pub(crate)")]
+impl CodebServer {
+    /// Promote the deployed slot of a project environment: re-probe it, switch the environment's routes to it with one atomic PowerDNS change (the previous slot stays behind as fallback), verify through Caddy that responses come from it, then mark it active and the previous slot grace (kept for rollback). Caddy is never reloaded. If verification fails the previous route is put back. Sends progress notifications.
+    #[tool(
+        name = "promote",
+        title = "Promote the deployed slot",
+        annotations(title = "Promote the deployed slot", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    pub async fn promote(
+        &self,
+        Parameters(p): Parameters<PromoteParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<Json<SwitchResult>, String> {
+        let ctx = self.ctx_arc();
+        let caller = self.caller();
+        let (project, env) = (p.project.clone(), p.environment);
+        let o = run_long(&context, move |progress, abort| async move {
+            lifecycle::promote(&ctx, &p.project, p.environment, p.dry_run, &caller, progress, abort).await
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(Json(switch_result("promote", &project, env, o)))
+    }
+}
