@@ -3,5 +3,6 @@
 //! without a server.
 
 pub mod cmd;
+pub mod dns;
 pub mod health;
 pub mod podman;
