@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod observe;
+pub mod pdns;
 pub mod slots;
 
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Ctx {
     pub db: Db,
     /// Briefly cached observations of the servers.
     pub observer: observe::Observer,
+    /// The PowerDNS API client last handed out (see `pdns::pdns_client`).
+    pub pdns: pdns::PdnsCache,
 }
 
 impl Ctx {
@@ -39,6 +42,7 @@ impl Ctx {
             fleet,
             db,
             observer: observe::Observer::default(),
+            pdns: pdns::PdnsCache::default(),
         }
     }
 }
