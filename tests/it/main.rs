@@ -8,5 +8,6 @@ mod db;
 mod faults;
 mod mcp_http;
 mod mcp_stdio;
+mod pdns;
 mod schemas;
 mod secrets;
