@@ -118,9 +118,7 @@ impl SshRemote {
             guard.take();
         }
     }
-}
 
-impl SshRemote {
     /// Asks the master to listen on a free local port and forward it to
     /// `remote`; retries with another port when the chosen one was taken.
     async fn open_forward(
