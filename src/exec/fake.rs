@@ -2,6 +2,8 @@
 //! records every command and answers from a script. It adds to the
 //! real-testbed tests; it never replaces them.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -27,6 +29,10 @@ pub struct FakeRemote {
     rules: Vec<(&'static str, FakeAnswer)>,
     /// Every command run, in order.
     pub calls: Mutex<Vec<Vec<String>>>,
+    /// Port forwards it answers: server-side address → local address.
+    forwards: HashMap<SocketAddr, SocketAddr>,
+    /// Every `forward_tcp` request, in order.
+    pub forward_calls: Mutex<Vec<SocketAddr>>,
 }
 
 impl FakeRemote {
@@ -36,7 +42,16 @@ impl FakeRemote {
             name: name.to_string(),
             rules,
             calls: Mutex::new(Vec::new()),
+            forwards: HashMap::new(),
+            forward_calls: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Answers `forward_tcp(remote)` with `local` (e.g. a test server);
+    /// any other forward fails with a transport error.
+    pub fn with_forward(mut self, remote: SocketAddr, local: SocketAddr) -> Self {
+        self.forwards.insert(remote, local);
+        self
     }
 }
 
@@ -74,4 +89,16 @@ impl Remote for FakeRemote {
     }
 
     async fn close(&self) {}
+
+    async fn forward_tcp(&self, remote: SocketAddr) -> Result<SocketAddr, ExecError> {
+        self.forward_calls.lock().unwrap().push(remote);
+        self.forwards
+            .get(&remote)
+            .copied()
+            .ok_or_else(|| ExecError::Transport {
+                server: self.name.clone(),
+                program: "forward_tcp".into(),
+                message: "fake: no forwarding".into(),
+            })
+    }
 }

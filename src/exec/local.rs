@@ -1,6 +1,7 @@
 //! Local executor: the same commands as local processes, for a server that
 //! codeb runs on (`address = "local"`).
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -75,6 +76,11 @@ impl Remote for LocalRemote {
     }
 
     async fn close(&self) {}
+
+    /// codeb runs on the server: its loopback is ours.
+    async fn forward_tcp(&self, remote: SocketAddr) -> Result<SocketAddr, ExecError> {
+        Ok(remote)
+    }
 }
 
 #[cfg(test)]

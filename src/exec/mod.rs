@@ -4,6 +4,7 @@
 pub mod fake;
 pub mod fleet;
 pub mod local;
+pub mod pdns;
 pub mod remote;
 pub mod ssh;
 

@@ -1,5 +1,6 @@
 //! The `Remote` trait: run one `RemoteCmd` on one server.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -84,6 +85,11 @@ pub trait Remote: Send + Sync {
     async fn run(&self, cmd: &RemoteCmd) -> Result<CmdOutput, ExecError>;
     /// Closes connections (called once on shutdown).
     async fn close(&self);
+    /// A local address that reaches `remote` (an address on the server's own
+    /// loopback), e.g. the PowerDNS API. Over SSH this is a port forward kept
+    /// for the life of the connection; asking again returns the same address
+    /// while it lives and a new one after a reconnect.
+    async fn forward_tcp(&self, remote: SocketAddr) -> Result<SocketAddr, ExecError>;
 }
 
 /// The effective limit of a command: its own, else the configured default.

@@ -2,14 +2,18 @@
 //! `openssh` crate's native mux, strict known hosts from a pinned file,
 //! connect timeout and keepalive, at most `max_channels` commands at once,
 //! a remote `timeout` around every command plus a local bound, and a
-//! reconnect when the master has died or a command timed out.
+//! reconnect when the master has died or a command timed out. Port forwards
+//! (DESIGN §8: admin APIs on the app server's loopback) ride the same master
+//! and are remembered for as long as it lives.
 
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use openssh::{KnownHosts, Session, SessionBuilder};
+use openssh::{ForwardType, KnownHosts, Session, SessionBuilder};
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::config::{ServerConfig, SshConfig};
@@ -20,6 +24,18 @@ use crate::plan::cmd::RemoteCmd;
 const REMOTE_KILL_AFTER_SECS: u64 = 2;
 /// Extra local margin over the remote limit for the round trip.
 const LOCAL_MARGIN: Duration = Duration::from_secs(1);
+/// Local ports tried for one forward: a port picked free can be taken by
+/// someone else before the master binds it.
+const FORWARD_ATTEMPTS: usize = 4;
+
+/// The port forwards of one master: server-side address → local address.
+/// Keyed by the session (weakly, so the cache never keeps a master alive):
+/// a reconnect starts with no forwards.
+#[derive(Default)]
+struct Forwards {
+    session: Weak<Session>,
+    local: HashMap<SocketAddr, SocketAddr>,
+}
 
 /// A server reached over SSH.
 pub struct SshRemote {
@@ -30,6 +46,7 @@ pub struct SshRemote {
     command_timeout: Duration,
     session: Mutex<Option<Arc<Session>>>,
     channels: Semaphore,
+    forwards: Mutex<Forwards>,
 }
 
 impl SshRemote {
@@ -58,6 +75,7 @@ impl SshRemote {
             command_timeout: ssh.command_timeout(),
             session: Mutex::new(None),
             channels: Semaphore::new(ssh.max_channels),
+            forwards: Mutex::new(Forwards::default()),
         }
     }
 
@@ -100,6 +118,60 @@ impl SshRemote {
             guard.take();
         }
     }
+
+    /// Asks the master to listen on a free local port and forward it to
+    /// `remote`; retries with another port when the chosen one was taken.
+    async fn open_forward(
+        &self,
+        session: &Arc<Session>,
+        remote: SocketAddr,
+    ) -> Result<SocketAddr, ExecError> {
+        let transport = |message: String| ExecError::Transport {
+            server: self.name.clone(),
+            program: "port forward".into(),
+            message,
+        };
+        let mut last = String::new();
+        for _ in 0..FORWARD_ATTEMPTS {
+            let listen =
+                free_loopback_port().map_err(|e| transport(format!("no free local port: {e}")))?;
+            let request = session.request_port_forward(ForwardType::Local, listen, remote);
+            match tokio::time::timeout(self.connect_timeout + LOCAL_MARGIN, request).await {
+                Ok(Ok(())) => {
+                    tracing::debug!(server = %self.name, %listen, %remote, "ssh port forward");
+                    return Ok(listen);
+                }
+                Ok(Err(e)) => {
+                    if session.check().await.is_err() {
+                        self.invalidate(session).await;
+                        return Err(ExecError::Unreachable {
+                            server: self.name.clone(),
+                            message: error_chain(&e),
+                        });
+                    }
+                    last = error_chain(&e);
+                }
+                Err(_) => {
+                    self.invalidate(session).await;
+                    return Err(ExecError::Timeout {
+                        server: self.name.clone(),
+                        program: "port forward".into(),
+                        secs: self.connect_timeout.as_secs(),
+                    });
+                }
+            }
+        }
+        Err(transport(format!(
+            "forwarding a local port to {remote} failed {FORWARD_ATTEMPTS} times: {last}"
+        )))
+    }
+}
+
+/// A loopback address whose port was free a moment ago (bound to port 0 and
+/// released): the master binds it next.
+fn free_loopback_port() -> std::io::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    l.local_addr()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -177,7 +249,35 @@ impl Remote for SshRemote {
         }
     }
 
+    async fn forward_tcp(&self, remote: SocketAddr) -> Result<SocketAddr, ExecError> {
+        // One forward request at a time, so two callers never open two
+        // forwards for the same address.
+        let mut forwards = self.forwards.lock().await;
+        let mut session = self.session().await?;
+        if Weak::ptr_eq(&forwards.session, &Arc::downgrade(&session)) {
+            if let Some(local) = forwards.local.get(&remote).copied() {
+                // The forward lives in the master process: if the master is
+                // alive, so is the forward; a dead one took it along.
+                if session.check().await.is_ok() {
+                    return Ok(local);
+                }
+                self.invalidate(&session).await;
+                session = self.session().await?;
+            }
+        }
+        if !Weak::ptr_eq(&forwards.session, &Arc::downgrade(&session)) {
+            *forwards = Forwards {
+                session: Arc::downgrade(&session),
+                local: HashMap::new(),
+            };
+        }
+        let local = self.open_forward(&session, remote).await?;
+        forwards.local.insert(remote, local);
+        Ok(local)
+    }
+
     async fn close(&self) {
+        *self.forwards.lock().await = Forwards::default();
         let session = self.session.lock().await.take();
         if let Some(s) = session {
             // If a finishing command still holds the session, dropping our

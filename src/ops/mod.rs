@@ -5,6 +5,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod observe;
 pub mod redact;
+pub mod pdns;
 pub mod slots;
 
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub struct Ctx {
     pub observer: observe::Observer,
     /// This process's identity as a lease owner.
     pub instance_id: String,
+    /// The PowerDNS API client last handed out (see `pdns::pdns_client`).
+    pub pdns: pdns::PdnsCache,
 }
 
 impl Ctx {
@@ -48,6 +51,7 @@ impl Ctx {
             db,
             observer: observe::Observer::default(),
             instance_id: format!("codeb-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            pdns: pdns::PdnsCache::default(),
         }
     }
 

@@ -9,6 +9,7 @@ mod faults;
 mod lifecycle;
 mod mcp_http;
 mod mcp_stdio;
+mod pdns;
 mod schemas;
 mod secrets;
 mod zero_downtime;
