@@ -3,5 +3,6 @@
 //! without a server.
 
 pub mod cmd;
+pub mod files;
 pub mod health;
 pub mod podman;
