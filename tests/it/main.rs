@@ -2,11 +2,15 @@
 //! here runs against the real testbed (`tools/testbed up`) and the real
 //! binary; `tools/test` brings the testbed up and sets DATABASE_URL.
 
+mod app_host;
+mod caddy;
 mod cli;
 mod common;
 mod db;
 mod faults;
+mod files;
 mod mcp_http;
 mod mcp_stdio;
+mod podman_cmds;
 mod schemas;
 mod secrets;
