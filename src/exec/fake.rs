@@ -17,6 +17,8 @@ use crate::plan::cmd::RemoteCmd;
 pub enum FakeAnswer {
     /// Exit status and stdout.
     Output(i32, String),
+    /// Exit status and stderr (a failing command's message).
+    Stderr(i32, String),
     /// The server is unreachable.
     Unreachable,
     /// The command timed out.
@@ -33,6 +35,9 @@ pub struct FakeRemote {
     forwards: HashMap<SocketAddr, SocketAddr>,
     /// Every `forward_tcp` request, in order.
     pub forward_calls: Mutex<Vec<SocketAddr>>,
+    /// The stdin payload length of each call, in the same order (never
+    /// the payload itself).
+    pub stdin_lens: Mutex<Vec<Option<usize>>>,
 }
 
 impl FakeRemote {
@@ -44,6 +49,7 @@ impl FakeRemote {
             calls: Mutex::new(Vec::new()),
             forwards: HashMap::new(),
             forward_calls: Mutex::new(Vec::new()),
+            stdin_lens: Mutex::new(Vec::new()),
         }
     }
 
@@ -63,6 +69,7 @@ impl Remote for FakeRemote {
 
     async fn run(&self, cmd: &RemoteCmd) -> Result<CmdOutput, ExecError> {
         self.calls.lock().unwrap().push(cmd.argv());
+        self.stdin_lens.lock().unwrap().push(cmd.stdin_len());
         let answer = self
             .rules
             .iter()
@@ -74,6 +81,12 @@ impl Remote for FakeRemote {
                 status: Some(code),
                 stdout: out.into_bytes(),
                 stderr: Vec::new(),
+                duration: Duration::from_millis(1),
+            }),
+            FakeAnswer::Stderr(code, err) => Ok(CmdOutput {
+                status: Some(code),
+                stdout: Vec::new(),
+                stderr: err.into_bytes(),
                 duration: Duration::from_millis(1),
             }),
             FakeAnswer::Unreachable => Err(ExecError::Unreachable {

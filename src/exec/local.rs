@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
 
-use crate::exec::remote::{effective_timeout, CmdOutput, ExecError, Remote};
+use crate::exec::remote::{effective_timeout, write_stdin, CmdOutput, ExecError, Remote};
 use crate::plan::cmd::RemoteCmd;
 
 /// Runs commands as child processes of codeb.
@@ -43,9 +43,13 @@ impl Remote for LocalRemote {
             .await
             .expect("semaphore is never closed");
         let started = Instant::now();
-        let child = tokio::process::Command::new(cmd.program)
+        let mut child = tokio::process::Command::new(cmd.program)
             .args(&cmd.args)
-            .stdin(Stdio::null())
+            .stdin(if cmd.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -55,7 +59,17 @@ impl Remote for LocalRemote {
                 program: cmd.program.to_string(),
                 message: e.to_string(),
             })?;
-        match tokio::time::timeout(limit, child.wait_with_output()).await {
+        let writer = child.stdin.take();
+        // Feed stdin while the output is read, so neither side can block
+        // the other on a full pipe.
+        let io = async {
+            let (_, out) = tokio::join!(
+                write_stdin(writer, cmd.stdin.as_deref()),
+                child.wait_with_output()
+            );
+            out
+        };
+        match tokio::time::timeout(limit, io).await {
             Ok(Ok(out)) => Ok(CmdOutput {
                 status: out.status.code(),
                 stdout: out.stdout,
@@ -95,6 +109,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.stdout_text(), "$(id) a;b\n");
+        assert!(out.success());
+    }
+
+    #[tokio::test]
+    async fn pipes_stdin_while_reading_output() {
+        let r = LocalRemote::new("local", Duration::from_secs(5), 2);
+        // Larger than any pipe buffer: `cat` must be able to write its
+        // output while the payload is still being written.
+        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let out = r
+            .run(&RemoteCmd::new("cat").stdin(payload.clone()))
+            .await
+            .unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout, payload);
+        // A command that ignores its stdin still finishes normally.
+        let out = r.run(&RemoteCmd::new("true").stdin(payload)).await.unwrap();
         assert!(out.success());
     }
 

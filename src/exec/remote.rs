@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::plan::cmd::RemoteCmd;
 
@@ -95,4 +96,18 @@ pub trait Remote: Send + Sync {
 /// The effective limit of a command: its own, else the configured default.
 pub fn effective_timeout(cmd: &RemoteCmd, default: Duration) -> Duration {
     cmd.timeout.unwrap_or(default)
+}
+
+/// Writes a command's stdin payload, then closes the pipe so the command
+/// sees EOF. Executors run this concurrently with reading the command's
+/// output. A command that exits without reading all its input breaks the
+/// pipe; its exit status and stderr say why, so the write error itself is
+/// only logged (without the payload).
+pub(crate) async fn write_stdin<W: AsyncWrite + Unpin>(writer: Option<W>, data: Option<&[u8]>) {
+    if let (Some(mut w), Some(data)) = (writer, data) {
+        if let Err(e) = w.write_all(data).await {
+            tracing::debug!(error = %e, bytes = data.len(), "stdin closed before the payload was written");
+        }
+        let _ = w.shutdown().await;
+    }
 }

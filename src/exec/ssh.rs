@@ -17,7 +17,7 @@ use openssh::{ForwardType, KnownHosts, Session, SessionBuilder};
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::config::{ServerConfig, SshConfig};
-use crate::exec::remote::{effective_timeout, CmdOutput, ExecError, Remote};
+use crate::exec::remote::{effective_timeout, write_stdin, CmdOutput, ExecError, Remote};
 use crate::plan::cmd::RemoteCmd;
 
 /// Extra time the remote `timeout` gives a command after TERM before KILL.
@@ -207,11 +207,27 @@ impl Remote for SshRemote {
             .arg(limit.as_secs().max(1).to_string())
             .arg(cmd.program)
             .args(&cmd.args)
-            .stdin(openssh::Stdio::null())
+            .stdin(if cmd.stdin.is_some() {
+                openssh::Stdio::piped()
+            } else {
+                openssh::Stdio::null()
+            })
             .stdout(openssh::Stdio::piped())
             .stderr(openssh::Stdio::piped());
+        let io = async {
+            let mut child = c.spawn().await?;
+            let writer = child.stdin().take();
+            // Feed stdin while stdout and stderr are read: a command that
+            // writes output before it has read all its input must not
+            // deadlock against a full pipe.
+            let (_, out) = tokio::join!(
+                write_stdin(writer, cmd.stdin.as_deref()),
+                child.wait_with_output()
+            );
+            out
+        };
         let local_limit = limit + Duration::from_secs(REMOTE_KILL_AFTER_SECS) + LOCAL_MARGIN;
-        match tokio::time::timeout(local_limit, c.output()).await {
+        match tokio::time::timeout(local_limit, io).await {
             Ok(Ok(out)) => Ok(CmdOutput {
                 status: out.status.code(),
                 stdout: out.stdout,

@@ -119,7 +119,6 @@ pub struct Caller {
 /// A running operation: its record, fence and reporting channels.
 struct Op<'a> {
     ctx: &'a Ctx,
-    operation: &'static str,
     id: Uuid,
     token: i64,
     row: EnvRow,
@@ -269,7 +268,7 @@ async fn begin<'a>(
             }
         })
     };
-    Ok(Ok(Op { ctx, operation, id, token, row, progress, total, phase: 0, abort, heartbeat }))
+    Ok(Ok(Op { ctx, id, token, row, progress, total, phase: 0, abort, heartbeat }))
 }
 
 /// Puts a crashed operation's leftovers in line with the database: a
@@ -641,11 +640,12 @@ async fn patch_routes(op: &Op<'_>, step: &str, changes: &[RrsetChange]) -> Resul
     let started = Instant::now();
     let zone = op.ctx.config.routing.route_zone.clone();
     let body = srv_patch_body(changes, &op.ctx.config.routing.route_target);
-    let result = async {
-        let client = crate::ops::pdns::pdns_client(op.ctx).await.map_err(|e| e.to_string())?;
-        client.patch_rrsets(&zone, &body).await.map_err(|e| e.to_string())
-    }
-    .await;
+    let result = crate::ops::pdns::with_pdns(op.ctx, |client| {
+        let (zone, body) = (zone.clone(), body.clone());
+        async move { client.patch_rrsets(&zone, &body).await }
+    })
+    .await
+    .map_err(|e| e.to_string());
     let names: Vec<String> = changes
         .iter()
         .map(|c| match c {
@@ -809,12 +809,16 @@ async fn apply_switch(op: &mut Op<'_>, plan: &SwitchPlan) -> Result<Duration, St
         return Err(("cancel".into(), "client went away".into(), true));
     }
     // 2. Remember the current routes so a failed verification can put them back.
-    let client = crate::ops::pdns::pdns_client(op.ctx).await.map_err(|e| fail("route", e.to_string()))?;
     let zone = op.ctx.config.routing.route_zone.clone();
     let mut restore = Vec::new();
     for c in &plan.changes {
         if let RrsetChange::Replace { name, .. } = c {
-            let before = client.srv_rrset(&zone, name).await.map_err(|e| fail("route", e.to_string()))?;
+            let before = crate::ops::pdns::with_pdns(op.ctx, |client| {
+                let (zone, name) = (zone.clone(), name.clone());
+                async move { client.srv_rrset(&zone, &name).await }
+            })
+            .await
+            .map_err(|e| fail("route", e.to_string()))?;
             restore.push(match before {
                 Some(targets) => RrsetChange::Replace { name: name.clone(), targets },
                 None => RrsetChange::Delete { name: name.clone() },

@@ -1,6 +1,7 @@
 //! Operations: observe state and servers, plan, apply. Tool handlers call
 //! these; these call `state`, `plan` and `exec`.
 
+pub mod caddy;
 pub mod health;
 pub mod lifecycle;
 pub mod observe;

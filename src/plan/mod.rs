@@ -2,10 +2,12 @@
 //! No async, no I/O, no clock, no randomness — everything here is tested
 //! without a server.
 
+pub mod caddy;
 pub mod cmd;
 pub mod deploy;
 pub mod dns;
 pub mod env;
+pub mod files;
 pub mod health;
 pub mod podman;
 pub mod switch;

@@ -2,14 +2,18 @@
 //! here runs against the real testbed (`tools/testbed up`) and the real
 //! binary; `tools/test` brings the testbed up and sets DATABASE_URL.
 
+mod app_host;
+mod caddy;
 mod cli;
 mod common;
 mod db;
 mod faults;
+mod files;
 mod lifecycle;
 mod mcp_http;
 mod mcp_stdio;
 mod pdns;
+mod podman_cmds;
 mod schemas;
 mod secrets;
 mod zero_downtime;
