@@ -63,7 +63,13 @@ impl CodebServer {
     #[tool(
         name = "deploy",
         title = "Deploy an image",
-        annotations(title = "Deploy an image", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            title = "Deploy an image",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
     pub async fn deploy(
         &self,

@@ -123,7 +123,9 @@ pub struct DeploymentGetResult {
 }
 
 fn parse_id(s: &str) -> Result<uuid::Uuid, String> {
-    uuid::Uuid::parse_str(s).map_err(|_| "id must be a deployment UUID as returned by deploy or deployment_list".to_string())
+    uuid::Uuid::parse_str(s).map_err(|_| {
+        "id must be a deployment UUID as returned by deploy or deployment_list".to_string()
+    })
 }
 
 #[tool_router(router = deployment_list_router, vis = "pub(crate)")]
@@ -132,7 +134,13 @@ impl CodebServer {
     #[tool(
         name = "deployment_list",
         title = "List deployments",
-        annotations(title = "List deployments", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "List deployments",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     pub async fn deployment_list(
         &self,
@@ -148,15 +156,34 @@ impl CodebServer {
         let after = p
             .cursor
             .as_deref()
-            .map(|c| uuid::Uuid::parse_str(c).map_err(|_| "cursor is not one this server issued; omit it to start again".to_string()))
+            .map(|c| {
+                uuid::Uuid::parse_str(c).map_err(|_| {
+                    "cursor is not one this server issued; omit it to start again".to_string()
+                })
+            })
             .transpose()?;
-        let pool = self.ctx().db.pool().await.map_err(|e| format!("{e}; check health_check"))?;
-        let mut rows = deployments::deployments_page(pool, p.project.as_deref(), p.environment.map(Environment::as_str), after, i64::from(limit) + 1)
+        let pool = self
+            .ctx()
+            .db
+            .pool()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("{e}; check health_check"))?;
+        let mut rows = deployments::deployments_page(
+            pool,
+            p.project.as_deref(),
+            p.environment.map(Environment::as_str),
+            after,
+            i64::from(limit) + 1,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let next_cursor = if more { rows.last().map(|r| r.id.to_string()) } else { None };
+        let next_cursor = if more {
+            rows.last().map(|r| r.id.to_string())
+        } else {
+            None
+        };
         let deployments: Vec<DeploymentInfo> = rows.into_iter().map(info).collect();
         let summary = match deployments.first() {
             None => "no deployments".to_string(),
@@ -170,26 +197,46 @@ impl CodebServer {
                 d.status
             ),
         };
-        Ok(Json(DeploymentListResult { summary, deployments, next_cursor }))
+        Ok(Json(DeploymentListResult {
+            summary,
+            deployments,
+            next_cursor,
+        }))
     }
 
     /// Show one operation record with its step journal: each step's command argument vector, exit status, stderr tail and duration. Read-only.
     #[tool(
         name = "deployment_get",
         title = "Show a deployment",
-        annotations(title = "Show a deployment", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Show a deployment",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     pub async fn deployment_get(
         &self,
         Parameters(p): Parameters<DeploymentGetParams>,
     ) -> Result<Json<DeploymentGetResult>, String> {
         let id = parse_id(&p.id)?;
-        let pool = self.ctx().db.pool().await.map_err(|e| format!("{e}; check health_check"))?;
+        let pool = self
+            .ctx()
+            .db
+            .pool()
+            .await
+            .map_err(|e| format!("{e}; check health_check"))?;
         let row = deployments::deployment_by_id(pool, id)
             .await
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("deployment {id} not found; deployment_list shows recent ones"))?;
-        let (_, steps) = deployments::deployment_journal(pool, id).await.map_err(|e| e.to_string())?.unwrap_or_default();
+            .ok_or_else(|| {
+                format!("deployment {id} not found; deployment_list shows recent ones")
+            })?;
+        let (_, steps) = deployments::deployment_journal(pool, id)
+            .await
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
         let steps: Vec<StepInfo> = steps
             .into_iter()
             .map(|s| StepInfo {
@@ -210,9 +257,16 @@ impl CodebServer {
             d.environment,
             d.id,
             d.status,
-            d.error.as_deref().map(|e| format!(" — {e}")).unwrap_or_default(),
+            d.error
+                .as_deref()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default(),
             steps.len()
         );
-        Ok(Json(DeploymentGetResult { summary, deployment: d, steps }))
+        Ok(Json(DeploymentGetResult {
+            summary,
+            deployment: d,
+            steps,
+        }))
     }
 }

@@ -55,19 +55,40 @@ impl CodebServer {
     #[tool(
         name = "logs",
         title = "Read container logs",
-        annotations(title = "Read container logs", read_only_hint = true, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Read container logs",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
-    pub async fn logs(&self, Parameters(p): Parameters<LogsParams>) -> Result<Json<LogsResult>, String> {
+    pub async fn logs(
+        &self,
+        Parameters(p): Parameters<LogsParams>,
+    ) -> Result<Json<LogsResult>, String> {
         validate_project_name(&p.project).map_err(|e| e.0)?;
         let lines = p.lines.unwrap_or(LOGS_DEFAULT_LINES);
         if !(1..=LOGS_MAX_LINES).contains(&lines) {
-            return Err(format!("lines must be between 1 and {LOGS_MAX_LINES}, got {lines}"));
+            return Err(format!(
+                "lines must be between 1 and {LOGS_MAX_LINES}, got {lines}"
+            ));
         }
-        let pool = self.ctx().db.pool().await.map_err(|e| format!("{e}; check health_check"))?;
+        let pool = self
+            .ctx()
+            .db
+            .pool()
+            .await
+            .map_err(|e| format!("{e}; check health_check"))?;
         let row = slots::env_view(pool, &p.project, p.environment)
             .await
             .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("project {:?} not found; project_list shows the registered projects", p.project))?;
+            .ok_or_else(|| {
+                format!(
+                    "project {:?} not found; project_list shows the registered projects",
+                    p.project
+                )
+            })?;
         let slot = match p.slot {
             Some(s) => s,
             None => row
@@ -79,10 +100,17 @@ impl CodebServer {
         };
         let container = row.view.container(slot);
         let cmd = podman::logs(&container, lines).map_err(|e| e.0)?;
-        let (_, app) = self.ctx().fleet.for_role(ServerRole::App).ok_or("no app server configured")?;
+        let (_, app) = self
+            .ctx()
+            .fleet
+            .for_role(ServerRole::App)
+            .ok_or("no app server configured")?;
         let out = app.run(&cmd).await.map_err(|e| e.to_string())?;
         if !out.success() {
-            return Err(format!("podman logs {container} failed: {}", out.stderr_tail()));
+            return Err(format!(
+                "podman logs {container} failed: {}",
+                out.stderr_tail()
+            ));
         }
         // podman logs writes the container's stderr to ours: keep both.
         let mut text = out.stdout_text();
@@ -102,7 +130,14 @@ impl CodebServer {
             text.replace("</untrusted-content>", "</untrusted-content\u{200b}>")
         );
         Ok(Json(LogsResult {
-            summary: format!("{n} line(s) from {container}{}", if truncated { " (cut to the last 64 KiB)" } else { "" }),
+            summary: format!(
+                "{n} line(s) from {container}{}",
+                if truncated {
+                    " (cut to the last 64 KiB)"
+                } else {
+                    ""
+                }
+            ),
             container,
             lines: n,
             truncated,

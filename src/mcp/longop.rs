@@ -20,7 +20,10 @@ pub const PROGRESS_HEARTBEAT: Duration = Duration::from_secs(5);
 /// client cancels the request or this future is dropped (disconnect); the
 /// operation decides what that means (before the switch: stop cleanly;
 /// after: finish).
-pub async fn run_long<T, F>(context: &RequestContext<RoleServer>, make: impl FnOnce(ProgressTx, CancellationToken) -> F) -> T
+pub async fn run_long<T, F>(
+    context: &RequestContext<RoleServer>,
+    make: impl FnOnce(ProgressTx, CancellationToken) -> F,
+) -> T
 where
     F: Future<Output = T> + Send + 'static,
     T: Send + 'static,

@@ -112,7 +112,9 @@ impl CodebServer {
     /// Who is calling. Until API keys land (issue [5]) every caller is the
     /// local operator.
     pub fn caller(&self) -> crate::ops::lifecycle::Caller {
-        crate::ops::lifecycle::Caller { principal: "local".into() }
+        crate::ops::lifecycle::Caller {
+            principal: "local".into(),
+        }
     }
 
     /// The caller's team.

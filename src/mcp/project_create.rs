@@ -48,7 +48,13 @@ impl CodebServer {
     #[tool(
         name = "project_create",
         title = "Create a project",
-        annotations(title = "Create a project", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            title = "Create a project",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
     pub async fn project_create(
         &self,
@@ -57,15 +63,30 @@ impl CodebServer {
         validate_project_name(&p.project).map_err(|e| e.0)?;
         let kind = p.kind.clone().unwrap_or_else(|| "node".into());
         if !PROJECT_TYPES.contains(&kind.as_str()) {
-            return Err(format!("type {} is not one of {}", describe_input(&kind), PROJECT_TYPES.join(", ")));
+            return Err(format!(
+                "type {} is not one of {}",
+                describe_input(&kind),
+                PROJECT_TYPES.join(", ")
+            ));
         }
         let team = self.caller_team();
-        let pool = self.ctx().db.pool().await.map_err(|e| format!("{e}; check health_check"))?;
+        let pool = self
+            .ctx()
+            .db
+            .pool()
+            .await
+            .map_err(|e| format!("{e}; check health_check"))?;
         if p.dry_run {
-            let exists = state::projects::project_by_name(pool, &p.project).await.map_err(|e| e.to_string())?.is_some();
+            let exists = state::projects::project_by_name(pool, &p.project)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some();
             return Ok(Json(ProjectCreateResult {
                 summary: if exists {
-                    format!("dry run: project {} already exists; project_create would fail", p.project)
+                    format!(
+                        "dry run: project {} already exists; project_create would fail",
+                        p.project
+                    )
                 } else {
                     format!("dry run: would register project {} ({kind}) for team {team}; nothing changed", p.project)
                 },
@@ -75,10 +96,12 @@ impl CodebServer {
                 environments: Vec::new(),
             }));
         }
-        state::projects::project_insert(pool, &p.project, &team, &kind).await.map_err(|e| match e {
-            DbError::Conflict { message, .. } => message,
-            other => other.to_string(),
-        })?;
+        state::projects::project_insert(pool, &p.project, &team, &kind)
+            .await
+            .map_err(|e| match e {
+                DbError::Conflict { message, .. } => message,
+                other => other.to_string(),
+            })?;
         let row = state::projects::project_by_name(pool, &p.project)
             .await
             .map_err(|e| e.to_string())?
@@ -86,13 +109,21 @@ impl CodebServer {
         let environments: Vec<EnvironmentPorts> = row
             .environments
             .into_iter()
-            .map(|(environment, base)| EnvironmentPorts { environment, blue_port: base as u16, green_port: base as u16 + 1 })
+            .map(|(environment, base)| EnvironmentPorts {
+                environment,
+                blue_port: base as u16,
+                green_port: base as u16 + 1,
+            })
             .collect();
         Ok(Json(ProjectCreateResult {
             summary: format!(
                 "registered {} ({kind}) for team {team}: {}",
                 p.project,
-                environments.iter().map(|e| format!("{} {}/{}", e.environment, e.blue_port, e.green_port)).collect::<Vec<_>>().join(", ")
+                environments
+                    .iter()
+                    .map(|e| format!("{} {}/{}", e.environment, e.blue_port, e.green_port))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             dry_run: false,
             project: p.project,

@@ -53,7 +53,12 @@ pub struct SwitchResult {
     pub plan: Option<String>,
 }
 
-pub(crate) fn switch_result(operation: &str, project: &str, env: Environment, o: Outcome<SwitchPlan, SwitchOutcome>) -> SwitchResult {
+pub(crate) fn switch_result(
+    operation: &str,
+    project: &str,
+    env: Environment,
+    o: Outcome<SwitchPlan, SwitchOutcome>,
+) -> SwitchResult {
     match o {
         Outcome::Planned(p) => SwitchResult {
             summary: format!(
@@ -104,7 +109,13 @@ impl CodebServer {
     #[tool(
         name = "promote",
         title = "Promote the deployed slot",
-        annotations(title = "Promote the deployed slot", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            title = "Promote the deployed slot",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
     pub async fn promote(
         &self,
@@ -115,7 +126,16 @@ impl CodebServer {
         let caller = self.caller();
         let (project, env) = (p.project.clone(), p.environment);
         let o = run_long(&context, move |progress, abort| async move {
-            lifecycle::promote(&ctx, &p.project, p.environment, p.dry_run, &caller, progress, abort).await
+            lifecycle::promote(
+                &ctx,
+                &p.project,
+                p.environment,
+                p.dry_run,
+                &caller,
+                progress,
+                abort,
+            )
+            .await
         })
         .await
         .map_err(|e| e.to_string())?;

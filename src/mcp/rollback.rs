@@ -34,7 +34,13 @@ impl CodebServer {
     #[tool(
         name = "rollback",
         title = "Roll back to the grace slot",
-        annotations(title = "Roll back to the grace slot", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+        annotations(
+            title = "Roll back to the grace slot",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
     pub async fn rollback(
         &self,
@@ -45,7 +51,17 @@ impl CodebServer {
         let caller = self.caller();
         let (project, env) = (p.project.clone(), p.environment);
         let o = run_long(&context, move |progress, abort| async move {
-            lifecycle::rollback(&ctx, &p.project, p.environment, p.reason.as_deref(), p.dry_run, &caller, progress, abort).await
+            lifecycle::rollback(
+                &ctx,
+                &p.project,
+                p.environment,
+                p.reason.as_deref(),
+                p.dry_run,
+                &caller,
+                progress,
+                abort,
+            )
+            .await
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -58,7 +58,13 @@ impl CodebServer {
     #[tool(
         name = "slot_cleanup",
         title = "Clean up expired grace slots",
-        annotations(title = "Clean up expired grace slots", read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false)
+        annotations(
+            title = "Clean up expired grace slots",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     pub async fn slot_cleanup(
         &self,
@@ -69,7 +75,15 @@ impl CodebServer {
         let caller = self.caller();
         let dry_run = p.dry_run;
         let done = run_long(&context, move |progress, _abort| async move {
-            lifecycle::slot_cleanup(&ctx, p.project.as_deref(), p.environment, p.dry_run, &caller, progress).await
+            lifecycle::slot_cleanup(
+                &ctx,
+                p.project.as_deref(),
+                p.environment,
+                p.dry_run,
+                &caller,
+                progress,
+            )
+            .await
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -83,12 +97,20 @@ impl CodebServer {
                 deployment_id: c.deployment_id.map(|d| d.to_string()),
             })
             .collect();
-        let list = cleaned.iter().map(|c| format!("{} {} {}", c.project, c.environment, c.slot)).collect::<Vec<_>>().join(", ");
+        let list = cleaned
+            .iter()
+            .map(|c| format!("{} {} {}", c.project, c.environment, c.slot))
+            .collect::<Vec<_>>()
+            .join(", ");
         let summary = match (cleaned.len(), dry_run) {
             (0, _) => "no expired grace slots".to_string(),
             (n, true) => format!("dry run: would clean {n} slot(s): {list}"),
             (n, false) => format!("cleaned {n} slot(s): {list}"),
         };
-        Ok(Json(SlotCleanupResult { summary, dry_run, cleaned }))
+        Ok(Json(SlotCleanupResult {
+            summary,
+            dry_run,
+            cleaned,
+        }))
     }
 }

@@ -20,7 +20,10 @@ use crate::exec::{CmdOutput, Remote};
 use crate::model::{validate_project_name, Environment, ServerRole, SlotName, SlotState};
 use crate::ops::Ctx;
 use crate::plan::cmd::RemoteCmd;
-use crate::plan::deploy::{plan_deploy, CleanupStep, DeployInput, DeployPlan, DeployStep, HEALTH_INTERVAL_MS, HEALTH_PROBE_TIMEOUT_SECS};
+use crate::plan::deploy::{
+    plan_deploy, CleanupStep, DeployInput, DeployPlan, DeployStep, HEALTH_INTERVAL_MS,
+    HEALTH_PROBE_TIMEOUT_SECS,
+};
 use crate::plan::dns::{env_hostnames, srv_patch_body, RrsetChange};
 use crate::plan::env::EnvView;
 use crate::plan::podman::{self, RunSpec};
@@ -136,7 +139,11 @@ impl Op<'_> {
 
     fn phase(&mut self, message: impl Into<String>) {
         self.phase += 1;
-        let _ = self.progress.send(Progress { phase: self.phase, total: self.total, message: message.into() });
+        let _ = self.progress.send(Progress {
+            phase: self.phase,
+            total: self.total,
+            message: message.into(),
+        });
     }
 
     fn app(&self) -> Result<Arc<dyn Remote>, String> {
@@ -157,7 +164,17 @@ impl Op<'_> {
             Err(e) => (None, Some(e.to_string())),
         };
         if let Ok(pool) = self.ctx.db.pool().await {
-            let _ = journal::step_append(pool, self.id, step, Some(app.name()), &cmd.argv(), exit, tail.as_deref(), started.elapsed()).await;
+            let _ = journal::step_append(
+                pool,
+                self.id,
+                step,
+                Some(app.name()),
+                &cmd.argv(),
+                exit,
+                tail.as_deref(),
+                started.elapsed(),
+            )
+            .await;
         }
         result.map_err(|e| e.to_string())
     }
@@ -179,11 +196,18 @@ impl Op<'_> {
 
     async fn journal_note(&self, step: &str, note: &str, duration: Duration) {
         if let Ok(pool) = self.ctx.db.pool().await {
-            let _ = journal::step_append(pool, self.id, step, None, &[], None, Some(note), duration).await;
+            let _ =
+                journal::step_append(pool, self.id, step, None, &[], None, Some(note), duration)
+                    .await;
         }
     }
 
-    async fn finish(self, ok: bool, error: Option<&str>, result: Option<&serde_json::Value>) -> Result<(), OpError> {
+    async fn finish(
+        self,
+        ok: bool,
+        error: Option<&str>,
+        result: Option<&serde_json::Value>,
+    ) -> Result<(), OpError> {
         self.heartbeat.abort();
         let pool = self.ctx.db.pool().await?;
         journal::deployment_finish(pool, self.id, self.token, ok, error, result).await?;
@@ -219,7 +243,9 @@ async fn begin<'a>(
     abort: CancellationToken,
 ) -> Result<Result<Op<'a>, Uuid>, OpError> {
     let pool = ctx.db.pool().await?;
-    let row = slots::env_view(pool, project, environment).await?.ok_or_else(|| OpError::NotFound(project.to_string()))?;
+    let row = slots::env_view(pool, project, environment)
+        .await?
+        .ok_or_else(|| OpError::NotFound(project.to_string()))?;
     let id = Uuid::new_v4();
     let new = NewDeployment {
         id,
@@ -235,13 +261,20 @@ async fn begin<'a>(
         lease: LEASE_DURATION,
     };
     let token = match journal::deployment_begin(pool, &new).await? {
-        Begin::Started { fencing_token, recovered } => {
+        Begin::Started {
+            fencing_token,
+            recovered,
+        } => {
             for r in recovered {
                 recover(ctx, &row, &r).await;
             }
             fencing_token
         }
-        Begin::Busy { running_id, operation, since } => {
+        Begin::Busy {
+            running_id,
+            operation,
+            since,
+        } => {
             return Err(OpError::Busy {
                 project: project.to_string(),
                 environment,
@@ -253,7 +286,9 @@ async fn begin<'a>(
         Begin::Duplicate { existing_id } => return Ok(Err(existing_id)),
     };
     // Recovery may have changed slots: observe again under our lease.
-    let row = slots::env_view(pool, project, environment).await?.ok_or_else(|| OpError::NotFound(project.to_string()))?;
+    let row = slots::env_view(pool, project, environment)
+        .await?
+        .ok_or_else(|| OpError::NotFound(project.to_string()))?;
     let heartbeat = {
         let db = ctx.db.clone();
         tokio::spawn(async move {
@@ -268,7 +303,17 @@ async fn begin<'a>(
             }
         })
     };
-    Ok(Ok(Op { ctx, id, token, row, progress, total, phase: 0, abort, heartbeat }))
+    Ok(Ok(Op {
+        ctx,
+        id,
+        token,
+        row,
+        progress,
+        total,
+        phase: 0,
+        abort,
+        heartbeat,
+    }))
 }
 
 /// Puts a crashed operation's leftovers in line with the database: a
@@ -276,11 +321,21 @@ async fn begin<'a>(
 /// the routes are rebuilt from the recorded slot states.
 async fn recover(ctx: &Ctx, row: &EnvRow, r: &journal::Recovered) {
     tracing::warn!(id = %r.id, operation = %r.operation, "recovering an operation whose lease expired");
-    let Some((_, app)) = ctx.fleet.for_role(ServerRole::App) else { return };
-    let Ok(pool) = ctx.db.pool().await else { return };
+    let Some((_, app)) = ctx.fleet.for_role(ServerRole::App) else {
+        return;
+    };
+    let Ok(pool) = ctx.db.pool().await else {
+        return;
+    };
     if r.operation == "deploy" {
         if let Some(slot) = r.slot.as_deref().and_then(SlotName::parse) {
-            let recorded = slots::slot_deployment(pool, row.project_id, row.view.environment.as_str(), slot.as_str()).await;
+            let recorded = slots::slot_deployment(
+                pool,
+                row.project_id,
+                row.view.environment.as_str(),
+                slot.as_str(),
+            )
+            .await;
             if !matches!(recorded, Ok(Some(d)) if d == r.id) {
                 if let Ok(cmd) = podman::rm_force(&row.view.container(slot)) {
                     let _ = app.run(&cmd).await;
@@ -295,24 +350,51 @@ async fn recover(ctx: &Ctx, row: &EnvRow, r: &journal::Recovered) {
                 .execute(pool)
                 .await;
                 if let Ok(client) = crate::ops::pdns::pdns_client(ctx).await {
-                    let host = crate::plan::dns::preview_hostname(&row.view.project, row.view.environment, slot, &ctx.config.routing.preview_domain);
-                    let name = crate::plan::dns::route_rrset_name(&host, &ctx.config.routing.route_zone);
-                    let body = srv_patch_body(&[RrsetChange::Delete { name }], &ctx.config.routing.route_target);
-                    let _ = client.patch_rrsets(&ctx.config.routing.route_zone, &body).await;
+                    let host = crate::plan::dns::preview_hostname(
+                        &row.view.project,
+                        row.view.environment,
+                        slot,
+                        &ctx.config.routing.preview_domain,
+                    );
+                    let name =
+                        crate::plan::dns::route_rrset_name(&host, &ctx.config.routing.route_zone);
+                    let body = srv_patch_body(
+                        &[RrsetChange::Delete { name }],
+                        &ctx.config.routing.route_target,
+                    );
+                    let _ = client
+                        .patch_rrsets(&ctx.config.routing.route_zone, &body)
+                        .await;
                 }
             }
         }
     }
-    if matches!(r.operation.as_str(), "promote" | "rollback" | "slot_cleanup") {
-        if let Ok(Some(fresh)) = slots::env_view(pool, &row.view.project, row.view.environment).await {
+    if matches!(
+        r.operation.as_str(),
+        "promote" | "rollback" | "slot_cleanup"
+    ) {
+        if let Ok(Some(fresh)) =
+            slots::env_view(pool, &row.view.project, row.view.environment).await
+        {
             let v = &fresh.view;
             if let Some(active) = v.in_state(SlotState::Active) {
-                let fallback = v.in_state(SlotState::Grace).or_else(|| v.in_state(SlotState::Deployed)).map(|s| v.port(s.slot));
-                let hosts = env_hostnames(&v.project, v.environment, &ctx.config.routing.base_domain);
-                let changes = crate::plan::switch::route_changes(&hosts, &ctx.config.routing.route_zone, v.port(active.slot), fallback);
+                let fallback = v
+                    .in_state(SlotState::Grace)
+                    .or_else(|| v.in_state(SlotState::Deployed))
+                    .map(|s| v.port(s.slot));
+                let hosts =
+                    env_hostnames(&v.project, v.environment, &ctx.config.routing.base_domain);
+                let changes = crate::plan::switch::route_changes(
+                    &hosts,
+                    &ctx.config.routing.route_zone,
+                    v.port(active.slot),
+                    fallback,
+                );
                 if let Ok(client) = crate::ops::pdns::pdns_client(ctx).await {
                     let body = srv_patch_body(&changes, &ctx.config.routing.route_target);
-                    let _ = client.patch_rrsets(&ctx.config.routing.route_zone, &body).await;
+                    let _ = client
+                        .patch_rrsets(&ctx.config.routing.route_zone, &body)
+                        .await;
                 }
             }
         }
@@ -354,11 +436,17 @@ pub enum Outcome<P, D> {
 async fn observe(ctx: &Ctx, project: &str, environment: Environment) -> Result<EnvRow, OpError> {
     validate_project_name(project).map_err(|e| OpError::Invalid(e.0))?;
     let pool = ctx.db.pool().await?;
-    slots::env_view(pool, project, environment).await?.ok_or_else(|| OpError::NotFound(project.to_string()))
+    slots::env_view(pool, project, environment)
+        .await?
+        .ok_or_else(|| OpError::NotFound(project.to_string()))
 }
 
 fn preview_url(ctx: &Ctx, host: &str) -> String {
-    let scheme = if ctx.config.routing.public_http.starts_with("https://") { "https" } else { "http" };
+    let scheme = if ctx.config.routing.public_http.starts_with("https://") {
+        "https"
+    } else {
+        "http"
+    };
     format!("{scheme}://{host}")
 }
 
@@ -378,17 +466,36 @@ pub async fn deploy(
     podman::validate_image_ref(image).map_err(|e| OpError::Invalid(e.0))?;
     if let Some(k) = idempotency_key {
         if k.is_empty() || k.len() > 128 || !k.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(OpError::Invalid("idempotency_key must be 1-128 printable ASCII characters without spaces".into()));
+            return Err(OpError::Invalid(
+                "idempotency_key must be 1-128 printable ASCII characters without spaces".into(),
+            ));
         }
     }
     let observed = observe(ctx, project, environment).await?;
-    let input = DeployInput { image: image.to_string() };
+    let input = DeployInput {
+        image: image.to_string(),
+    };
     if dry_run {
-        let plan = plan_deploy(&observed.view, &input, &ctx.config.routing.preview_domain).map_err(|e| OpError::Refused(e.0))?;
+        let plan = plan_deploy(&observed.view, &input, &ctx.config.routing.preview_domain)
+            .map_err(|e| OpError::Refused(e.0))?;
         return Ok(Outcome::Planned(plan));
     }
     let total = 8;
-    let mut op = match begin(ctx, "deploy", project, environment, Some(image), idempotency_key, None, caller, progress, total, abort).await? {
+    let mut op = match begin(
+        ctx,
+        "deploy",
+        project,
+        environment,
+        Some(image),
+        idempotency_key,
+        None,
+        caller,
+        progress,
+        total,
+        abort,
+    )
+    .await?
+    {
         Ok(op) => op,
         Err(existing) => return replay_deploy(ctx, existing).await.map(Outcome::Done),
     };
@@ -401,9 +508,16 @@ pub async fn deploy(
         }
     };
     if let Ok(pool) = ctx.db.pool().await {
-        let _ = sqlx::query("UPDATE deployments SET slot = $2 WHERE id = $1").bind(op.id).bind(plan.slot.as_str()).execute(pool).await;
+        let _ = sqlx::query("UPDATE deployments SET slot = $2 WHERE id = $1")
+            .bind(op.id)
+            .bind(plan.slot.as_str())
+            .execute(pool)
+            .await;
     }
-    op.phase(format!("planned: deploy {image} into {} (port {})", plan.slot, plan.port));
+    op.phase(format!(
+        "planned: deploy {image} into {} (port {})",
+        plan.slot, plan.port
+    ));
     match apply_deploy(&mut op, &plan, image).await {
         Ok(health) => {
             let outcome = DeployOutcome {
@@ -426,9 +540,19 @@ pub async fn deploy(
             let aftermath = cleanup_failed_deploy(&op, &plan).await;
             let id = op.id;
             let err = if cancelled {
-                OpError::Cancelled { operation: "deploy", deployment_id: id, aftermath }
+                OpError::Cancelled {
+                    operation: "deploy",
+                    deployment_id: id,
+                    aftermath,
+                }
             } else {
-                OpError::Failed { operation: "deploy", deployment_id: id, step, message, aftermath }
+                OpError::Failed {
+                    operation: "deploy",
+                    deployment_id: id,
+                    step,
+                    message,
+                    aftermath,
+                }
             };
             op.finish(false, Some(&err.to_string()), None).await?;
             ctx.observer.invalidate();
@@ -439,7 +563,9 @@ pub async fn deploy(
 
 async fn replay_deploy(ctx: &Ctx, id: Uuid) -> Result<DeployOutcome, OpError> {
     let pool = ctx.db.pool().await?;
-    let row = journal::deployment_by_id(pool, id).await?.ok_or_else(|| OpError::Refused(format!("deployment {id} vanished")))?;
+    let row = journal::deployment_by_id(pool, id)
+        .await?
+        .ok_or_else(|| OpError::Refused(format!("deployment {id} vanished")))?;
     match (row.status.as_str(), row.result) {
         ("succeeded", Some(r)) => {
             let mut o: DeployOutcome = serde_json::from_value(r).map_err(|e| OpError::Refused(e.to_string()))?;
@@ -489,7 +615,11 @@ fn fail(step: &str, message: impl Into<String>) -> StepFailure {
     (step.to_string(), message.into(), false)
 }
 
-async fn apply_deploy(op: &mut Op<'_>, plan: &DeployPlan, image: &str) -> Result<String, StepFailure> {
+async fn apply_deploy(
+    op: &mut Op<'_>,
+    plan: &DeployPlan,
+    image: &str,
+) -> Result<String, StepFailure> {
     let view = op.row.view.clone();
     let mut health = String::new();
     for step in &plan.steps {
@@ -503,17 +633,28 @@ async fn apply_deploy(op: &mut Op<'_>, plan: &DeployPlan, image: &str) -> Result
                 op.run_ok("pull", &cmd).await.map_err(|e| fail("pull", e))?;
             }
             DeployStep::EnsureNetwork => {
-                let exists = op.run("network_exists", &podman::network_exists(podman::NETWORK)).await.map_err(|e| fail("network", e))?;
+                let exists = op
+                    .run("network_exists", &podman::network_exists(podman::NETWORK))
+                    .await
+                    .map_err(|e| fail("network", e))?;
                 if !exists.success() {
-                    op.run_ok("network_create", &podman::network_create(podman::NETWORK)).await.map_err(|e| fail("network", e))?;
+                    op.run_ok("network_create", &podman::network_create(podman::NETWORK))
+                        .await
+                        .map_err(|e| fail("network", e))?;
                 }
             }
             DeployStep::RemoveContainer { container } => {
                 op.phase(format!("replacing container {container}"));
                 let cmd = podman::rm_force(container).map_err(|e| fail("remove", e.0))?;
-                op.run_ok("remove_old", &cmd).await.map_err(|e| fail("remove", e))?;
+                op.run_ok("remove_old", &cmd)
+                    .await
+                    .map_err(|e| fail("remove", e))?;
             }
-            DeployStep::Run { container, image, host_port } => {
+            DeployStep::Run {
+                container,
+                image,
+                host_port,
+            } => {
                 op.phase(format!("starting {container}"));
                 let labels = [
                     (podman::LABEL_PROJECT, view.project.clone()),
@@ -544,14 +685,35 @@ async fn apply_deploy(op: &mut Op<'_>, plan: &DeployPlan, image: &str) -> Result
             }
             DeployStep::PreviewRoute { host, port } => {
                 op.phase(format!("routing preview host {host}"));
-                let changes = crate::plan::switch::route_changes(std::slice::from_ref(host), &op.ctx.config.routing.route_zone, *port, None);
-                patch_routes(op, "preview_route", &changes).await.map_err(|e| fail("preview_route", e))?;
+                let changes = crate::plan::switch::route_changes(
+                    std::slice::from_ref(host),
+                    &op.ctx.config.routing.route_zone,
+                    *port,
+                    None,
+                );
+                patch_routes(op, "preview_route", &changes)
+                    .await
+                    .map_err(|e| fail("preview_route", e))?;
             }
             DeployStep::MarkDeployed => {
-                let pool = op.ctx.db.pool().await.map_err(|e| fail("record", e.to_string()))?;
-                slots::slot_set(pool, op.id, op.token, op.row.project_id, op.env(), plan.slot.as_str(), "deployed", Some(image))
+                let pool = op
+                    .ctx
+                    .db
+                    .pool()
                     .await
                     .map_err(|e| fail("record", e.to_string()))?;
+                slots::slot_set(
+                    pool,
+                    op.id,
+                    op.token,
+                    op.row.project_id,
+                    op.env(),
+                    plan.slot.as_str(),
+                    "deployed",
+                    Some(image),
+                )
+                .await
+                .map_err(|e| fail("record", e.to_string()))?;
             }
         }
     }
@@ -560,7 +722,8 @@ async fn apply_deploy(op: &mut Op<'_>, plan: &DeployPlan, image: &str) -> Result
 
 /// Probes the slot directly until it answers 200 or the deadline passes.
 async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, StepFailure> {
-    let cmd = podman::probe_http(port, path, HEALTH_PROBE_TIMEOUT_SECS).map_err(|e| fail("health", e.0))?;
+    let cmd = podman::probe_http(port, path, HEALTH_PROBE_TIMEOUT_SECS)
+        .map_err(|e| fail("health", e.0))?;
     let app = op.app().map_err(|e| fail("health", e))?;
     let started = Instant::now();
     let deadline_secs = op.ctx.config.lifecycle.health_deadline_secs;
@@ -577,8 +740,12 @@ async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, S
         last = match app.run(&cmd).await {
             Ok(out) => match out.stdout_text().trim() {
                 "200" => {
-                    let note = format!("healthy after {probes} probe(s) in {} ms: GET {path} answered 200", started.elapsed().as_millis());
-                    op.journal_note("health_gate", &note, started.elapsed()).await;
+                    let note = format!(
+                        "healthy after {probes} probe(s) in {} ms: GET {path} answered 200",
+                        started.elapsed().as_millis()
+                    );
+                    op.journal_note("health_gate", &note, started.elapsed())
+                        .await;
                     return Ok(note);
                 }
                 "000" | "" => format!("no answer ({})", bounded(&out.stderr_tail())),
@@ -588,7 +755,8 @@ async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, S
         };
         if started.elapsed() >= deadline {
             let msg = format!("health check GET {path} on port {port} never answered 200 within {deadline_secs} s ({probes} probes; last: {last})");
-            op.journal_note("health_gate", &msg, started.elapsed()).await;
+            op.journal_note("health_gate", &msg, started.elapsed())
+                .await;
             return Err(fail("health_gate", msg));
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
@@ -596,10 +764,14 @@ async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, S
             let _ = op.progress.send(Progress {
                 phase: op.phase,
                 total: op.total,
-                message: format!("still waiting for health ({} s, last: {last})", started.elapsed().as_secs()),
+                message: format!(
+                    "still waiting for health ({} s, last: {last})",
+                    started.elapsed().as_secs()
+                ),
             });
         }
-        let wait = Duration::from_millis(HEALTH_INTERVAL_MS).saturating_sub(probe_started.elapsed());
+        let wait =
+            Duration::from_millis(HEALTH_INTERVAL_MS).saturating_sub(probe_started.elapsed());
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = op.abort.cancelled() => {}
@@ -616,13 +788,23 @@ async fn cleanup_failed_deploy(op: &Op<'_>, plan: &DeployPlan) -> String {
                 Err(e) => Err(e.0),
             },
             CleanupStep::DeletePreviewRoute(host) => {
-                let name = crate::plan::dns::route_rrset_name(host, &op.ctx.config.routing.route_zone);
+                let name =
+                    crate::plan::dns::route_rrset_name(host, &op.ctx.config.routing.route_zone);
                 patch_routes(op, "cleanup_preview_route", &[RrsetChange::Delete { name }]).await
             }
             CleanupStep::MarkEmpty(slot) => match op.ctx.db.pool().await {
-                Ok(pool) => slots::slot_set(pool, op.id, op.token, op.row.project_id, op.env(), slot.as_str(), "empty", None)
-                    .await
-                    .map_err(|e| e.to_string()),
+                Ok(pool) => slots::slot_set(
+                    pool,
+                    op.id,
+                    op.token,
+                    op.row.project_id,
+                    op.env(),
+                    slot.as_str(),
+                    "empty",
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             },
         };
@@ -651,7 +833,11 @@ async fn patch_routes(op: &Op<'_>, step: &str, changes: &[RrsetChange]) -> Resul
         .map(|c| match c {
             RrsetChange::Replace { name, targets } => format!(
                 "{name} = {}",
-                targets.iter().map(|t| format!("{}:{}", t.priority, t.port)).collect::<Vec<_>>().join(",")
+                targets
+                    .iter()
+                    .map(|t| format!("{}:{}", t.priority, t.port))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
             RrsetChange::Delete { name } => format!("{name} deleted"),
         })
@@ -695,7 +881,18 @@ pub async fn promote(
     progress: ProgressTx,
     abort: CancellationToken,
 ) -> Result<Outcome<SwitchPlan, SwitchOutcome>, OpError> {
-    switch(ctx, "promote", project, environment, None, dry_run, caller, progress, abort).await
+    switch(
+        ctx,
+        "promote",
+        project,
+        environment,
+        None,
+        dry_run,
+        caller,
+        progress,
+        abort,
+    )
+    .await
 }
 
 /// rollback (DESIGN §2).
@@ -712,14 +909,31 @@ pub async fn rollback(
 ) -> Result<Outcome<SwitchPlan, SwitchOutcome>, OpError> {
     if let Some(r) = reason {
         if r.len() > 1000 || r.chars().any(|c| c.is_control() && c != '\n') {
-            return Err(OpError::Invalid("reason must be at most 1000 characters of text".into()));
+            return Err(OpError::Invalid(
+                "reason must be at most 1000 characters of text".into(),
+            ));
         }
     }
-    switch(ctx, "rollback", project, environment, reason, dry_run, caller, progress, abort).await
+    switch(
+        ctx,
+        "rollback",
+        project,
+        environment,
+        reason,
+        dry_run,
+        caller,
+        progress,
+        abort,
+    )
+    .await
 }
 
 fn plan_switch(ctx: &Ctx, operation: &str, view: &EnvView) -> Result<SwitchPlan, OpError> {
-    let hosts = env_hostnames(&view.project, view.environment, &ctx.config.routing.base_domain);
+    let hosts = env_hostnames(
+        &view.project,
+        view.environment,
+        &ctx.config.routing.base_domain,
+    );
     let zone = &ctx.config.routing.route_zone;
     let now = Utc::now();
     let r = if operation == "promote" {
@@ -746,7 +960,21 @@ async fn switch(
     if dry_run {
         return plan_switch(ctx, operation, &observed.view).map(Outcome::Planned);
     }
-    let mut op = match begin(ctx, operation, project, environment, None, None, reason, caller, progress, 5, abort).await? {
+    let mut op = match begin(
+        ctx,
+        operation,
+        project,
+        environment,
+        None,
+        None,
+        reason,
+        caller,
+        progress,
+        5,
+        abort,
+    )
+    .await?
+    {
         Ok(op) => op,
         Err(_) => unreachable!("no idempotency key"),
     };
@@ -777,14 +1005,19 @@ async fn switch(
         Err((step, message, cancelled)) => {
             let id = op.id;
             let err = if cancelled {
-                OpError::Cancelled { operation, deployment_id: id, aftermath: "Routes and slot states are unchanged.".into() }
+                OpError::Cancelled {
+                    operation,
+                    deployment_id: id,
+                    aftermath: "Routes and slot states are unchanged.".into(),
+                }
             } else {
                 OpError::Failed {
                     operation,
                     deployment_id: id,
                     step,
                     message,
-                    aftermath: "The previous route is in place and slot states are unchanged.".into(),
+                    aftermath: "The previous route is in place and slot states are unchanged."
+                        .into(),
                 }
             };
             op.finish(false, Some(&err.to_string()), None).await?;
@@ -797,12 +1030,19 @@ async fn apply_switch(op: &mut Op<'_>, plan: &SwitchPlan) -> Result<Duration, St
     let view = op.row.view.clone();
     // 1. Re-probe the slot that will take traffic.
     op.phase(format!("probing {} before the switch", plan.to));
-    let cmd = podman::probe_http(plan.to_port, &view.health_path, HEALTH_PROBE_TIMEOUT_SECS).map_err(|e| fail("probe", e.0))?;
+    let cmd = podman::probe_http(plan.to_port, &view.health_path, HEALTH_PROBE_TIMEOUT_SECS)
+        .map_err(|e| fail("probe", e.0))?;
     let out = op.run("probe", &cmd).await.map_err(|e| fail("probe", e))?;
     if out.stdout_text().trim() != "200" {
         return Err(fail(
             "probe",
-            format!("slot {} (port {}) does not answer GET {} with 200 (got {})", plan.to, plan.to_port, view.health_path, out.stdout_text().trim()),
+            format!(
+                "slot {} (port {}) does not answer GET {} with 200 (got {})",
+                plan.to,
+                plan.to_port,
+                view.health_path,
+                out.stdout_text().trim()
+            ),
         ));
     }
     if op.abort.is_cancelled() {
@@ -820,14 +1060,24 @@ async fn apply_switch(op: &mut Op<'_>, plan: &SwitchPlan) -> Result<Duration, St
             .await
             .map_err(|e| fail("route", e.to_string()))?;
             restore.push(match before {
-                Some(targets) => RrsetChange::Replace { name: name.clone(), targets },
+                Some(targets) => RrsetChange::Replace {
+                    name: name.clone(),
+                    targets,
+                },
                 None => RrsetChange::Delete { name: name.clone() },
             });
         }
     }
     // 3. The switch: one atomic PATCH. From here on the operation completes.
-    op.phase(format!("switching {} to {} (port {})", plan.hosts.join(", "), plan.to, plan.to_port));
-    patch_routes(op, "switch_route", &plan.changes).await.map_err(|e| fail("switch_route", e))?;
+    op.phase(format!(
+        "switching {} to {} (port {})",
+        plan.hosts.join(", "),
+        plan.to,
+        plan.to_port
+    ));
+    patch_routes(op, "switch_route", &plan.changes)
+        .await
+        .map_err(|e| fail("switch_route", e))?;
     let switched_at = Instant::now();
     // 4. Verify through Caddy.
     op.phase("verifying through Caddy");
@@ -837,28 +1087,62 @@ async fn apply_switch(op: &mut Op<'_>, plan: &SwitchPlan) -> Result<Duration, St
             let undo = patch_routes(op, "restore_route", &restore).await;
             let msg = match undo {
                 Ok(()) => format!("{e}; the previous route was put back"),
-                Err(u) => format!("{e}; putting the previous route back ALSO failed: {u} — run drift_report"),
+                Err(u) => format!(
+                    "{e}; putting the previous route back ALSO failed: {u} — run drift_report"
+                ),
             };
             return Err(fail("verify", msg));
         }
     }
     let visible = switched_at.elapsed();
-    op.journal_note("verify", &format!("responses through Caddy come from port {} after {} ms", plan.to_port, visible.as_millis()), visible)
-        .await;
+    op.journal_note(
+        "verify",
+        &format!(
+            "responses through Caddy come from port {} after {} ms",
+            plan.to_port,
+            visible.as_millis()
+        ),
+        visible,
+    )
+    .await;
     // 5. Flip states in one short transaction.
     op.phase("recording the switch");
-    let pool = op.ctx.db.pool().await.map_err(|e| fail("record", e.to_string()))?;
-    let from = plan.from.map(|s| (s.as_str(), plan.from_state.map(|x| x.as_str()).unwrap_or("deployed")));
-    slots::slots_switch(pool, op.id, op.token, op.row.project_id, op.env(), plan.to.as_str(), from, plan.grace_expires_at)
+    let pool = op
+        .ctx
+        .db
+        .pool()
         .await
         .map_err(|e| fail("record", e.to_string()))?;
+    let from = plan.from.map(|s| {
+        (
+            s.as_str(),
+            plan.from_state.map(|x| x.as_str()).unwrap_or("deployed"),
+        )
+    });
+    slots::slots_switch(
+        pool,
+        op.id,
+        op.token,
+        op.row.project_id,
+        op.env(),
+        plan.to.as_str(),
+        from,
+        plan.grace_expires_at,
+    )
+    .await
+    .map_err(|e| fail("record", e.to_string()))?;
     Ok(visible)
 }
 
 /// Polls Caddy with each host name until `SWITCH_VERIFY_CONFIRMATIONS`
 /// answers in a row carry `X-CodeB-Upstream: port`, or the deadline passes.
 pub async fn verify_through_caddy(ctx: &Ctx, hosts: &[String], port: u16) -> Result<(), String> {
-    let base = ctx.config.routing.public_http.trim_end_matches('/').to_string();
+    let base = ctx
+        .config
+        .routing
+        .public_http
+        .trim_end_matches('/')
+        .to_string();
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
@@ -875,9 +1159,19 @@ pub async fn verify_through_caddy(ctx: &Ctx, hosts: &[String], port: u16) -> Res
                     SWITCH_VERIFY_DEADLINE.as_secs()
                 ));
             }
-            match client.get(format!("{base}/")).header("host", host.as_str()).send().await {
+            match client
+                .get(format!("{base}/"))
+                .header("host", host.as_str())
+                .send()
+                .await
+            {
                 Ok(r) => {
-                    let upstream = r.headers().get(UPSTREAM_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    let upstream = r
+                        .headers()
+                        .get(UPSTREAM_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
                     if upstream == port.to_string() && r.status().is_success() {
                         streak += 1;
                         continue;
@@ -937,44 +1231,95 @@ pub async fn slot_cleanup(
     .map_err(DbError::from)?;
     let mut done = Vec::new();
     for (name, env) in candidates {
-        let Some(env) = Environment::parse(&env) else { continue };
+        let Some(env) = Environment::parse(&env) else {
+            continue;
+        };
         let row = observe(ctx, &name, env).await?;
         let hosts = env_hostnames(&name, env, &ctx.config.routing.base_domain);
-        let Some(plan) = plan_cleanup(&row.view, &hosts, &ctx.config.routing.route_zone, &ctx.config.routing.preview_domain, Utc::now()) else {
+        let Some(plan) = plan_cleanup(
+            &row.view,
+            &hosts,
+            &ctx.config.routing.route_zone,
+            &ctx.config.routing.preview_domain,
+            Utc::now(),
+        ) else {
             continue;
         };
         if dry_run {
-            done.push(CleanupOutcome { project: name, environment: env, slot: plan.slot, container: plan.container, deployment_id: None });
+            done.push(CleanupOutcome {
+                project: name,
+                environment: env,
+                slot: plan.slot,
+                container: plan.container,
+                deployment_id: None,
+            });
             continue;
         }
-        let op = match begin(ctx, "slot_cleanup", &name, env, None, None, None, caller, progress.clone(), 3, CancellationToken::new()).await {
+        let op = match begin(
+            ctx,
+            "slot_cleanup",
+            &name,
+            env,
+            None,
+            None,
+            None,
+            caller,
+            progress.clone(),
+            3,
+            CancellationToken::new(),
+        )
+        .await
+        {
             Ok(Ok(op)) => op,
             Ok(Err(_)) => continue,
             Err(OpError::Busy { .. }) => continue,
             Err(e) => return Err(e),
         };
         // Re-plan under the lease: the slot may have changed meanwhile.
-        let Some(plan) = plan_cleanup(&op.row.view, &hosts, &ctx.config.routing.route_zone, &ctx.config.routing.preview_domain, Utc::now()) else {
+        let Some(plan) = plan_cleanup(
+            &op.row.view,
+            &hosts,
+            &ctx.config.routing.route_zone,
+            &ctx.config.routing.preview_domain,
+            Utc::now(),
+        ) else {
             op.finish(true, None, None).await?;
             continue;
         };
         let mut changes = plan.changes.clone();
-        changes.push(RrsetChange::Delete { name: plan.preview_rrset.clone() });
+        changes.push(RrsetChange::Delete {
+            name: plan.preview_rrset.clone(),
+        });
         let applied: Result<(), String> = async {
             patch_routes(&op, "route_without_grace", &changes).await?;
             let cmd = podman::rm_force(&plan.container).map_err(|e| e.0)?;
             op.run_ok("remove_container", &cmd).await?;
             let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
-            slots::slot_set(pool, op.id, op.token, op.row.project_id, env.as_str(), plan.slot.as_str(), "empty", None)
-                .await
-                .map_err(|e| e.to_string())
+            slots::slot_set(
+                pool,
+                op.id,
+                op.token,
+                op.row.project_id,
+                env.as_str(),
+                plan.slot.as_str(),
+                "empty",
+                None,
+            )
+            .await
+            .map_err(|e| e.to_string())
         }
         .await;
         let id = op.id;
         match applied {
             Ok(()) => {
                 op.finish(true, None, None).await?;
-                done.push(CleanupOutcome { project: name, environment: env, slot: plan.slot, container: plan.container, deployment_id: Some(id) });
+                done.push(CleanupOutcome {
+                    project: name,
+                    environment: env,
+                    slot: plan.slot,
+                    container: plan.container,
+                    deployment_id: Some(id),
+                });
             }
             Err(e) => {
                 op.finish(false, Some(&e), None).await?;

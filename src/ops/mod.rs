@@ -5,8 +5,8 @@ pub mod caddy;
 pub mod health;
 pub mod lifecycle;
 pub mod observe;
-pub mod redact;
 pub mod pdns;
+pub mod redact;
 pub mod slots;
 
 use std::sync::Arc;
@@ -36,7 +36,11 @@ impl Ctx {
     /// Context from config; opens no connection.
     pub fn new(config: Config) -> Self {
         // codeb's own credentials never appear in output.
-        for secret in [config.database_password(), config.pdns_api_key()].into_iter().flatten().flatten() {
+        for secret in [config.database_password(), config.pdns_api_key()]
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             redact::register(&secret);
         }
         let fleet = Fleet::from_config(&config);
@@ -51,13 +55,22 @@ impl Ctx {
             fleet,
             db,
             observer: observe::Observer::default(),
-            instance_id: format!("codeb-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+            instance_id: format!(
+                "codeb-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
             pdns: pdns::PdnsCache::default(),
         }
     }
 
     /// How long a replaced release stays in grace.
     pub fn grace_period(&self) -> chrono::Duration {
-        chrono::Duration::seconds(self.config.lifecycle.grace_period_secs.min(i64::MAX as u64 / 2) as i64)
+        chrono::Duration::seconds(
+            self.config
+                .lifecycle
+                .grace_period_secs
+                .min(i64::MAX as u64 / 2) as i64,
+        )
     }
 }

@@ -165,11 +165,11 @@ pub fn plan_deploy(
             port,
             path: view.health_path.clone(),
         },
-        DeployStep::MarkDeployed,
         DeployStep::PreviewRoute {
             host: preview_host.clone(),
             port,
         },
+        DeployStep::MarkDeployed,
     ];
     Ok(DeployPlan {
         slot,
@@ -297,8 +297,16 @@ pub(crate) mod tests {
 
     #[test]
     fn failed_health_cleans_only_the_target() {
-        let p = plan_deploy(&view(SlotState::Active, SlotState::Empty), &input(), "p.test").unwrap();
-        let steps: Vec<String> = plan_failed_deploy_cleanup(&p).iter().map(|s| s.to_string()).collect();
+        let p = plan_deploy(
+            &view(SlotState::Active, SlotState::Empty),
+            &input(),
+            "p.test",
+        )
+        .unwrap();
+        let steps: Vec<String> = plan_failed_deploy_cleanup(&p)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(
             steps,
             [

@@ -81,7 +81,11 @@ pub struct EnvRow {
 }
 
 /// Reads one (project, environment) for planning; `None` if the project does not exist.
-pub async fn env_view(pool: &PgPool, project: &str, environment: crate::model::Environment) -> Result<Option<EnvRow>, DbError> {
+pub async fn env_view(
+    pool: &PgPool,
+    project: &str,
+    environment: crate::model::Environment,
+) -> Result<Option<EnvRow>, DbError> {
     use crate::model::{SlotName, SlotState};
     use crate::plan::env::{EnvView, SlotView};
     let head: Option<(i64, String, i32, String, String, String, i32)> = sqlx::query_as(
@@ -93,7 +97,8 @@ pub async fn env_view(pool: &PgPool, project: &str, environment: crate::model::E
     .bind(environment.as_str())
     .fetch_optional(pool)
     .await?;
-    let Some((project_id, team_id, container_port, health_path, memory, cpus, base_port)) = head else {
+    let Some((project_id, team_id, container_port, health_path, memory, cpus, base_port)) = head
+    else {
         return Ok(None);
     };
     let rows = slots_for_project(pool, project_id, Some(environment.as_str())).await?;
@@ -101,7 +106,9 @@ pub async fn env_view(pool: &PgPool, project: &str, environment: crate::model::E
         let r = rows.iter().find(|r| r.slot == slot.as_str());
         SlotView {
             slot,
-            state: r.and_then(|r| SlotState::parse(&r.state)).unwrap_or(SlotState::Empty),
+            state: r
+                .and_then(|r| SlotState::parse(&r.state))
+                .unwrap_or(SlotState::Empty),
             image: r.and_then(|r| r.image.clone()),
             grace_expires_at: r.and_then(|r| r.grace_expires_at),
             env_version: r.and_then(|r| r.env_version),
@@ -124,7 +131,11 @@ pub async fn env_view(pool: &PgPool, project: &str, environment: crate::model::E
 }
 
 /// Locks the operation's row and checks its lease is still ours.
-async fn check_fence(tx: &mut sqlx::PgConnection, deployment_id: Uuid, fencing_token: i64) -> Result<(), DbError> {
+async fn check_fence(
+    tx: &mut sqlx::PgConnection,
+    deployment_id: Uuid,
+    fencing_token: i64,
+) -> Result<(), DbError> {
     let ok: Option<i32> = sqlx::query_scalar(
         "SELECT 1 FROM deployments WHERE id = $1 AND fencing_token = $2 AND status = 'running' FOR UPDATE",
     )
@@ -214,7 +225,12 @@ pub async fn slots_switch(
 }
 
 /// Slot rows whose recorded deployment is not `deployment_id` (recovery).
-pub async fn slot_deployment(pool: &PgPool, project_id: i64, environment: &str, slot: &str) -> Result<Option<Uuid>, DbError> {
+pub async fn slot_deployment(
+    pool: &PgPool,
+    project_id: i64,
+    environment: &str,
+    slot: &str,
+) -> Result<Option<Uuid>, DbError> {
     Ok(sqlx::query_scalar::<_, Option<Uuid>>(
         "SELECT deployment_id FROM slots WHERE project_id = $1 AND environment = $2 AND slot = $3",
     )

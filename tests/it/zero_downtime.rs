@@ -44,12 +44,18 @@ impl Tally {
 }
 
 /// Reads one HTTP/1.1 response: (status, body, server wants to close).
-async fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<(u16, String, bool)>> {
+async fn read_response(
+    r: &mut BufReader<TcpStream>,
+) -> std::io::Result<Option<(u16, String, bool)>> {
     let mut line = String::new();
     if r.read_line(&mut line).await? == 0 {
         return Ok(None);
     }
-    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut len = 0usize;
     let mut close = false;
     loop {
@@ -71,11 +77,23 @@ async fn read_response(r: &mut BufReader<TcpStream>) -> std::io::Result<Option<(
     }
     let mut body = vec![0; len];
     r.read_exact(&mut body).await?;
-    Ok(Some((status, String::from_utf8_lossy(&body).into_owned(), close)))
+    Ok(Some((
+        status,
+        String::from_utf8_lossy(&body).into_owned(),
+        close,
+    )))
 }
 
-async fn worker(addr: String, host: String, keep_alive: bool, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>, tally: Arc<Tally>) {
-    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: codeb-zero-downtime\r\n\r\n");
+async fn worker(
+    addr: String,
+    host: String,
+    keep_alive: bool,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    tally: Arc<Tally>,
+) {
+    let request =
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: codeb-zero-downtime\r\n\r\n");
     let mut conn: Option<BufReader<TcpStream>> = None;
     while !stop.load(Ordering::Relaxed) && sent.fetch_add(1, Ordering::Relaxed) < MAX_REQUESTS {
         let started = Instant::now();
@@ -107,7 +125,10 @@ async fn worker(addr: String, host: String, keep_alive: bool, stop: Arc<AtomicBo
                         v.push((Instant::now(), version));
                     }
                 } else {
-                    tally.fail(format!("HTTP {status}: {}", body.chars().take(100).collect::<String>()));
+                    tally.fail(format!(
+                        "HTTP {status}: {}",
+                        body.chars().take(100).collect::<String>()
+                    ));
                 }
                 if close && keep_alive {
                     tally.closed_by_server.fetch_add(1, Ordering::Relaxed);
@@ -139,17 +160,42 @@ async fn promote_and_rollback_under_load_lose_nothing() {
     let server = HttpServer::start().await;
     let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(server.url.clone());
     use rmcp::ServiceExt;
-    let client = Recorder::default().serve(transport).await.expect("initialize");
+    let client = Recorder::default()
+        .serve(transport)
+        .await
+        .expect("initialize");
     let call = |tool: &'static str, args: serde_json::Value| {
         let client = &client;
-        async move { super::lifecycle::call_with_progress(client, tool, args).await.0 }
+        async move {
+            super::lifecycle::call_with_progress(client, tool, args)
+                .await
+                .0
+        }
     };
     let p = unique_project("zd");
     let domain = format!("{p}.codeb.test");
     structured(&call("project_create", json!({"project": p})).await);
-    structured(&call("deploy", json!({"project": p, "environment": "production", "image": image("v1")})).await);
-    structured(&call("promote", json!({"project": p, "environment": "production"})).await);
-    structured(&call("deploy", json!({"project": p, "environment": "production", "image": image("v2")})).await);
+    structured(
+        &call(
+            "deploy",
+            json!({"project": p, "environment": "production", "image": image("v1")}),
+        )
+        .await,
+    );
+    structured(
+        &call(
+            "promote",
+            json!({"project": p, "environment": "production"}),
+        )
+        .await,
+    );
+    structured(
+        &call(
+            "deploy",
+            json!({"project": p, "environment": "production", "image": image("v2")}),
+        )
+        .await,
+    );
     expect_served(&domain, "demo v1").await;
 
     let addr = testbed().status["caddy_http"].as_str().unwrap().to_string();
@@ -158,7 +204,14 @@ async fn promote_and_rollback_under_load_lose_nothing() {
     let tally = Arc::new(Tally::default());
     let mut workers = Vec::new();
     for i in 0..WORKERS_PER_KIND * 2 {
-        workers.push(tokio::spawn(worker(addr.clone(), domain.clone(), i % 2 == 0, stop.clone(), sent.clone(), tally.clone())));
+        workers.push(tokio::spawn(worker(
+            addr.clone(),
+            domain.clone(),
+            i % 2 == 0,
+            stop.clone(),
+            sent.clone(),
+            tally.clone(),
+        )));
     }
     // A hard stop, whatever the test does.
     let watchdog = {
@@ -180,7 +233,11 @@ async fn promote_and_rollback_under_load_lose_nothing() {
             let v = structured(&r);
             assert!(v["switch_visible_ms"].is_u64(), "{v}");
             let (status, body, _) = through_caddy(&domain).await;
-            assert_eq!((status, body.trim()), (200, want), "after {tool} in cycle {cycle}");
+            assert_eq!(
+                (status, body.trim()),
+                (200, want),
+                "after {tool} in cycle {cycle}"
+            );
             switches += 1;
         }
     }
@@ -199,9 +256,20 @@ async fn promote_and_rollback_under_load_lose_nothing() {
         "zero downtime: {switches} switches in {:.1} s, {ok} ok, {failed} failed, {closed} closed by server, {rate:.0} req/s, {changes} version runs",
         elapsed.as_secs_f64()
     );
-    assert_eq!(failed, 0, "failed requests: {:?}", tally.errors.lock().unwrap());
+    assert_eq!(
+        failed,
+        0,
+        "failed requests: {:?}",
+        tally.errors.lock().unwrap()
+    );
     assert_eq!(closed, 0, "connections closed by the server");
-    assert!(rate >= 200.0, "the generator must reach 200 requests/s to mean anything (got {rate:.0})");
-    assert!(changes >= switches, "the version seen changes at each switch ({changes} runs for {switches} switches)");
+    assert!(
+        rate >= 200.0,
+        "the generator must reach 200 requests/s to mean anything (got {rate:.0})"
+    );
+    assert!(
+        changes >= switches,
+        "the version seen changes at each switch ({changes} runs for {switches} switches)"
+    );
     client.cancel().await.unwrap();
 }
