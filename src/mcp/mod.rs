@@ -5,6 +5,7 @@
 // of 2025-06-18 and 2025-11-25, which codeb serves too.
 #![allow(deprecated)]
 
+pub mod compact;
 pub mod deploy;
 pub mod deployment_list;
 pub mod health_check;
@@ -77,6 +78,15 @@ impl CodebServer {
 
     /// Every tool of codeb.
     pub fn all_tools() -> ToolRouter<CodebServer> {
+        let mut compacted = ToolRouter::new();
+        for mut route in Self::tool_routes() {
+            compact::compact_tool(&mut route.attr);
+            compacted.add_route(route);
+        }
+        compacted
+    }
+
+    fn tool_routes() -> ToolRouter<CodebServer> {
         Self::health_check_router()
             + Self::project_list_router()
             + Self::slot_status_router()
