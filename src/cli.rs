@@ -54,6 +54,20 @@ pub enum Command {
         /// Project name.
         project: String,
     },
+    /// Write Caddy's one static config on the app server (server setup):
+    /// validated with `caddy validate` before it replaces the old one, the
+    /// old one kept as `.bak`, then Caddy reloaded. Never part of a deploy.
+    CaddyInstall {
+        /// Install this file instead of the config rendered from codeb.toml.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// The on-demand TLS `ask` URL (HTTPS setups); plain HTTP when omitted.
+        #[arg(long)]
+        tls_ask_url: Option<String>,
+        /// Do not reload Caddy after installing.
+        #[arg(long)]
+        no_reload: bool,
+    },
     /// Print the tool schema snapshots, or write them into a directory.
     Schemas {
         /// Write `<tool>.json` files into this directory.
@@ -193,10 +207,65 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&r.0)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::CaddyInstall {
+            file,
+            tls_ask_url,
+            no_reload,
+        } => caddy_install(&ctx, file, tls_ask_url, no_reload).await,
         Command::Schemas { .. } => unreachable!("handled before config is loaded"),
     };
     ctx.fleet.close().await;
     result
+}
+
+async fn caddy_install(
+    ctx: &Ctx,
+    file: Option<PathBuf>,
+    tls_ask_url: Option<String>,
+    no_reload: bool,
+) -> anyhow::Result<ExitCode> {
+    use crate::plan::caddy::{render_caddyfile, CaddySiteConfig, CaddyTls};
+    let content = match file {
+        Some(f) => std::fs::read_to_string(&f)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", f.display()))?,
+        None => {
+            let site = CaddySiteConfig {
+                admin_addr: ctx.config.caddy.admin_addr.clone(),
+                route_zone: ctx.config.routing.route_zone.clone(),
+                resolver: "127.0.0.1:53".into(),
+                tls: match tls_ask_url {
+                    Some(ask_url) => CaddyTls::OnDemand { ask_url },
+                    None => CaddyTls::Off,
+                },
+            };
+            site.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            render_caddyfile(&site)
+        }
+    };
+    let (_, app) = ctx
+        .fleet
+        .for_role(crate::model::ServerRole::App)
+        .ok_or_else(|| anyhow::anyhow!("no app server configured"))?;
+    let path = ctx.config.caddy.config_path.clone();
+    crate::ops::caddy::install_caddy_config(app.as_ref(), &path, content).await?;
+    eprintln!(
+        "installed {path} on {} (previous config kept as {path}.bak)",
+        app.name()
+    );
+    if !no_reload {
+        let cmd = crate::plan::cmd::RemoteCmd::new("caddy")
+            .args(["reload", "--config"])
+            .arg(path.clone())
+            .args(["--adapter", "caddyfile", "--address"])
+            .arg(ctx.config.caddy.admin_addr.clone())
+            .timeout(std::time::Duration::from_secs(30));
+        let out = app.run(&cmd).await?;
+        if !out.success() {
+            anyhow::bail!("caddy reload failed: {}", out.stderr_tail());
+        }
+        eprintln!("Caddy reloaded");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

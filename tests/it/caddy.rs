@@ -126,3 +126,66 @@ async fn broken_edit_is_refused_and_the_config_kept() {
     )
     .await;
 }
+
+/// The live config through the CLI a server setup uses: a broken edit of
+/// `/etc/caddy/Caddyfile` is refused by `caddy validate`, the live file
+/// stays byte-identical and its `.bak` is there; Caddy keeps routing.
+#[tokio::test(flavor = "multi_thread")]
+async fn live_config_refuses_a_broken_edit() {
+    let _guard = FAULT_LOCK.write().await;
+    let (_fleet, remote) = app_remote();
+    let live_path = "/etc/caddy/Caddyfile";
+    let before = cat(remote.as_ref(), live_path).await;
+    let text = String::from_utf8(before.clone()).unwrap();
+    assert!(text.contains("lb_policy first"), "{text}");
+    let broken = text.replace("lb_policy first", "lb_policy firstt");
+    let file =
+        std::env::temp_dir().join(format!("codeb-broken-{}.Caddyfile", uuid::Uuid::new_v4()));
+    std::fs::write(&file, broken).unwrap();
+    let out = std::process::Command::new(super::common::codeb_bin())
+        .arg("--config")
+        .arg(&testbed().config)
+        .arg("caddy-install")
+        .arg("--file")
+        .arg(&file)
+        .env("CODEB_LOG", "warn")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a broken config must be refused: {stderr}"
+    );
+    assert!(
+        stderr.contains("firstt"),
+        "the error quotes the validator: {stderr}"
+    );
+    assert_eq!(
+        cat(remote.as_ref(), live_path).await,
+        before,
+        "live config unchanged"
+    );
+    assert!(
+        exists(remote.as_ref(), &format!("{live_path}{BACKUP_SUFFIX}")).await,
+        ".bak kept"
+    );
+    assert!(
+        !exists(remote.as_ref(), &format!("{live_path}{CANDIDATE_SUFFIX}")).await,
+        "candidate removed"
+    );
+    let admin = run_ok(
+        remote.as_ref(),
+        &RemoteCmd::new("curl").args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--",
+            "http://127.0.0.1:2019/config/",
+        ]),
+    )
+    .await;
+    assert_eq!(admin.stdout_text().trim(), "200", "Caddy still up");
+}
