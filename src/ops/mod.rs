@@ -6,6 +6,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod observe;
 pub mod pdns;
+pub mod probe;
 pub mod redact;
 pub mod slots;
 
@@ -28,6 +29,9 @@ pub struct Ctx {
     pub observer: observe::Observer,
     /// This process's identity as a lease owner.
     pub instance_id: String,
+    /// Set once the codeb podman network is known to exist on the app
+    /// server, so deploys skip asking again.
+    pub app_network_ready: std::sync::atomic::AtomicBool,
     /// The PowerDNS API client last handed out (see `pdns::pdns_client`).
     pub pdns: pdns::PdnsCache,
 }
