@@ -65,6 +65,7 @@ impl Ctx {
                 uuid::Uuid::new_v4().simple()
             ),
             pdns: pdns::PdnsCache::default(),
+            app_network_ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
