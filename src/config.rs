@@ -87,6 +87,12 @@ pub struct LifecycleConfig {
     /// How long a new slot may take to answer its health check, in seconds.
     #[serde(default = "default_health_deadline_secs")]
     pub health_deadline_secs: u64,
+    /// How long a running operation's lease lasts without a heartbeat, in
+    /// seconds (default 60, at least 3). The heartbeat renews it every third
+    /// of this; when a codeb dies, its operation is recovered by the next
+    /// operation on the same project environment once the lease has expired.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
 }
 
 impl Default for LifecycleConfig {
@@ -94,8 +100,31 @@ impl Default for LifecycleConfig {
         Self {
             grace_period_secs: default_grace_secs(),
             health_deadline_secs: default_health_deadline_secs(),
+            lease_secs: default_lease_secs(),
         }
     }
+}
+
+impl LifecycleConfig {
+    /// The lease of a running operation.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_secs)
+    }
+    /// How often a running operation renews its lease: a third of it, so
+    /// two heartbeats may be missed before it expires.
+    pub fn lease_heartbeat(&self) -> Duration {
+        self.lease() / 3
+    }
+}
+
+/// Shortest accepted `lifecycle.lease_secs`: a heartbeat every second.
+pub const MIN_LEASE_SECS: u64 = 3;
+/// Longest accepted `lifecycle.lease_secs` (a day): a crashed codeb's
+/// operation blocks its project environment for that long.
+pub const MAX_LEASE_SECS: u64 = 24 * 3600;
+
+fn default_lease_secs() -> u64 {
+    60
 }
 
 fn default_health_deadline_secs() -> u64 {
@@ -438,6 +467,14 @@ impl Config {
                 "connect_timeout_secs and command_timeout_secs must be at least 1",
             ));
         }
+        if !(MIN_LEASE_SECS..=MAX_LEASE_SECS).contains(&self.lifecycle.lease_secs) {
+            return Err(ConfigError::new(
+                "lifecycle.lease_secs",
+                format!(
+                    "must be from {MIN_LEASE_SECS} to {MAX_LEASE_SECS} (the heartbeat runs every third of it)"
+                ),
+            ));
+        }
         let mut names = BTreeSet::new();
         let mut roles = BTreeSet::new();
         for (i, s) in self.servers.iter().enumerate() {
@@ -637,6 +674,17 @@ known_hosts_file = "KH"
         assert_eq!(c.ssh.max_channels, 8);
         assert_eq!(c.mcp.max_body_bytes, 1024 * 1024);
         assert_eq!(c.server_for(ServerRole::Storage).name, "storage");
+        assert_eq!(c.lifecycle.lease_secs, 60);
+        assert_eq!(c.lifecycle.lease_heartbeat(), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn lease_is_configurable_and_bounded() {
+        let c = load(&format!("{GOOD}\n[lifecycle]\nlease_secs = 6\n")).unwrap();
+        assert_eq!(c.lifecycle.lease(), Duration::from_secs(6));
+        assert_eq!(c.lifecycle.lease_heartbeat(), Duration::from_secs(2));
+        let e = load(&format!("{GOOD}\n[lifecycle]\nlease_secs = 2\n")).unwrap_err();
+        assert_eq!(e.field, "lifecycle.lease_secs", "{e}");
     }
 
     #[test]

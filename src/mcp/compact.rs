@@ -30,10 +30,8 @@ fn compact(schema: &JsonObject, drop_descriptions: bool) -> JsonObject {
 fn node(v: &mut Value, drop_descriptions: bool) {
     let Value::Object(o) = v else { return };
     o.remove("$schema");
-    if drop_descriptions {
-        if o.get("description").is_some_and(Value::is_string) {
-            o.remove("description");
-        }
+    if drop_descriptions && o.get("description").is_some_and(Value::is_string) {
+        o.remove("description");
     }
     if let Some(Value::Array(alts)) = o.get("oneOf") {
         let consts: Option<Vec<Value>> = alts.iter().map(|a| a.get("const").cloned()).collect();

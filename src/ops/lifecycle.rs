@@ -32,10 +32,6 @@ use crate::state::deployments::{self as journal, Begin, NewDeployment};
 use crate::state::slots::{self, EnvRow};
 use crate::state::DbError;
 
-/// How long a lease lasts without a heartbeat (DESIGN §7).
-pub const LEASE_DURATION: Duration = Duration::from_secs(60);
-/// Heartbeat interval of a running operation's lease.
-pub const LEASE_HEARTBEAT: Duration = Duration::from_secs(15);
 /// How long a switch may take to show through Caddy before it is undone.
 pub const SWITCH_VERIFY_DEADLINE: Duration = Duration::from_secs(15);
 /// Consecutive answers from the new slot that confirm a switch.
@@ -229,6 +225,7 @@ fn bounded(s: &str) -> String {
 }
 
 /// Observes a (project, environment) and starts an operation on it.
+#[allow(clippy::too_many_arguments)]
 async fn begin<'a>(
     ctx: &'a Ctx,
     operation: &'static str,
@@ -258,7 +255,7 @@ async fn begin<'a>(
         principal: &caller.principal,
         reason,
         lease_owner: &ctx.instance_id,
-        lease: LEASE_DURATION,
+        lease: ctx.config.lifecycle.lease(),
     };
     let token = match journal::deployment_begin(pool, &new).await? {
         Begin::Started {
@@ -291,11 +288,15 @@ async fn begin<'a>(
         .ok_or_else(|| OpError::NotFound(project.to_string()))?;
     let heartbeat = {
         let db = ctx.db.clone();
+        let (lease, every) = (
+            ctx.config.lifecycle.lease(),
+            ctx.config.lifecycle.lease_heartbeat(),
+        );
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(LEASE_HEARTBEAT).await;
+                tokio::time::sleep(every).await;
                 let Ok(pool) = db.pool().await else { continue };
-                match journal::deployment_heartbeat(pool, id, token, LEASE_DURATION).await {
+                match journal::deployment_heartbeat(pool, id, token, lease).await {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => tracing::warn!(%id, error = %e, "lease heartbeat failed"),
