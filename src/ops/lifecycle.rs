@@ -32,6 +32,12 @@ use crate::state::deployments::{self as journal, Begin, NewDeployment};
 use crate::state::slots::{self, EnvRow};
 use crate::state::DbError;
 
+/// Progress phases of a deploy besides one per plan step: "planned" and "deployed".
+const DEPLOY_PHASES_BESIDE_STEPS: u32 = 2;
+/// Longest silence between two progress reports of a running operation.
+/// DESIGN §5 asks for one at least every 5 s as the client sees it; 4 s
+/// leaves a second for delivery.
+pub const PROGRESS_HEARTBEAT: Duration = Duration::from_secs(4);
 /// How long a switch may take to show through Caddy before it is undone.
 pub const SWITCH_VERIFY_DEADLINE: Duration = Duration::from_secs(15);
 /// Consecutive answers from the new slot that confirm a switch.
@@ -481,7 +487,9 @@ pub async fn deploy(
             .map_err(|e| OpError::Refused(e.0))?;
         return Ok(Outcome::Planned(plan));
     }
-    let total = 8;
+    // One phase per plan step, plus "planned" and "deployed": the plan made
+    // under the lease below sets the count before the first report.
+    let total = DEPLOY_PHASES_BESIDE_STEPS;
     let mut op = match begin(
         ctx,
         "deploy",
@@ -508,6 +516,7 @@ pub async fn deploy(
             return Err(OpError::Refused(msg));
         }
     };
+    op.total = DEPLOY_PHASES_BESIDE_STEPS + plan.steps.len() as u32;
     if let Ok(pool) = ctx.db.pool().await {
         let _ = sqlx::query("UPDATE deployments SET slot = $2 WHERE id = $1")
             .bind(op.id)
@@ -634,6 +643,7 @@ async fn apply_deploy(
                 op.run_ok("pull", &cmd).await.map_err(|e| fail("pull", e))?;
             }
             DeployStep::EnsureNetwork => {
+                op.phase(format!("ensuring network {}", podman::NETWORK));
                 let exists = op
                     .run("network_exists", &podman::network_exists(podman::NETWORK))
                     .await
@@ -697,6 +707,7 @@ async fn apply_deploy(
                     .map_err(|e| fail("preview_route", e))?;
             }
             DeployStep::MarkDeployed => {
+                op.phase(format!("recording {} as deployed", plan.slot));
                 let pool = op
                     .ctx
                     .db
@@ -760,7 +771,7 @@ async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, S
                 .await;
             return Err(fail("health_gate", msg));
         }
-        if last_report.elapsed() >= Duration::from_secs(5) {
+        if last_report.elapsed() >= PROGRESS_HEARTBEAT {
             last_report = Instant::now();
             let _ = op.progress.send(Progress {
                 phase: op.phase,
