@@ -13,9 +13,18 @@ use crate::plan::health::validate_probe_url;
 /// How often Caddy re-resolves a route's SRV rrset: a switch is visible
 /// through Caddy within about this long.
 pub const SRV_REFRESH: &str = "1s";
-/// How long Caddy keeps serving the last SRV answer while PowerDNS does not
-/// answer.
-pub const SRV_GRACE_PERIOD: &str = "1h";
+/// Caddy's SRV `grace_period`, in seconds. When a lookup fails, Caddy keeps
+/// serving the last answer (stale routes while PowerDNS is down) and looks
+/// up again only this much later; each failed retry extends the stale
+/// answer by the same amount. So it is not how long stale answers last but
+/// how long routes stay frozen once PowerDNS answers again: with `1h` a
+/// PowerDNS restart froze every route Caddy had looked up meanwhile for an
+/// hour, and promotes failed their verification (found on the testbed).
+/// It must stay well under `ops::lifecycle::SWITCH_VERIFY_DEADLINE`, so a
+/// switch right after PowerDNS comes back still verifies. Shorter is not
+/// free: a lookup holds Caddy's SRV cache lock, and a hung (not stopped)
+/// PowerDNS is retried that often.
+pub const SRV_GRACE_PERIOD_SECS: u64 = 10;
 /// How long one request may keep trying upstreams before it fails.
 pub const LB_TRY_DURATION: &str = "3s";
 /// How long a failed upstream is skipped. Without it Caddy keeps choosing
@@ -127,7 +136,7 @@ pub fn render_caddyfile(c: &CaddySiteConfig) -> String {
 \t\tdynamic srv {{
 \t\t\tname _http._tcp.{{http.request.host}}.{zone}
 \t\t\trefresh {SRV_REFRESH}
-\t\t\tgrace_period {SRV_GRACE_PERIOD}
+\t\t\tgrace_period {SRV_GRACE_PERIOD_SECS}s
 \t\t\tresolvers {resolver}
 \t\t}}
 \t\tlb_policy first
@@ -236,7 +245,7 @@ mod tests {
 \t\tdynamic srv {
 \t\t\tname _http._tcp.{http.request.host}.route.codeb.test
 \t\t\trefresh 1s
-\t\t\tgrace_period 1h
+\t\t\tgrace_period 10s
 \t\t\tresolvers 127.0.0.1:53
 \t\t}
 \t\tlb_policy first
@@ -280,7 +289,7 @@ https:// {
 \t\tdynamic srv {
 \t\t\tname _http._tcp.{http.request.host}.route.example.com
 \t\t\trefresh 1s
-\t\t\tgrace_period 1h
+\t\t\tgrace_period 10s
 \t\t\tresolvers 127.0.0.1:53
 \t\t}
 \t\tlb_policy first
