@@ -7,6 +7,7 @@
 //! Cancellation: `abort` is honoured only before the traffic switch; after
 //! the switch an operation always completes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::exec::{CmdOutput, Remote};
+use crate::exec::{CmdOutput, ExecError, Remote};
 use crate::model::{validate_project_name, Environment, ServerRole, SlotName, SlotState};
 use crate::ops::Ctx;
 use crate::plan::cmd::RemoteCmd;
@@ -32,6 +33,10 @@ use crate::state::deployments::{self as journal, Begin, NewDeployment};
 use crate::state::slots::{self, EnvRow};
 use crate::state::DbError;
 
+/// Probes in a row that cannot run at all (the app server does not answer)
+/// before the health gate gives up instead of waiting out its deadline.
+/// Each such probe already took a connect or command timeout.
+pub const HEALTH_GATE_UNREACHABLE_PROBES: u32 = 2;
 /// Progress phases of a deploy besides one per plan step: "planned" and "deployed".
 const DEPLOY_PHASES_BESIDE_STEPS: u32 = 2;
 /// Longest silence between two progress reports of a running operation.
@@ -40,6 +45,10 @@ const DEPLOY_PHASES_BESIDE_STEPS: u32 = 2;
 pub const PROGRESS_HEARTBEAT: Duration = Duration::from_secs(4);
 /// How long a switch may take to show through Caddy before it is undone.
 pub const SWITCH_VERIFY_DEADLINE: Duration = Duration::from_secs(15);
+// Caddy looks up a route again at most this long after PowerDNS failed to
+// answer: a switch made right after PowerDNS returns must still verify.
+const _: () =
+    assert!(crate::plan::caddy::SRV_GRACE_PERIOD_SECS + 3 < SWITCH_VERIFY_DEADLINE.as_secs());
 /// Consecutive answers from the new slot that confirm a switch.
 pub const SWITCH_VERIFY_CONFIRMATIONS: u32 = 2;
 /// Header Caddy adds with the upstream port.
@@ -132,6 +141,9 @@ struct Op<'a> {
     phase: u32,
     abort: CancellationToken,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// Set when the last command found the app server unreachable, so a
+    /// cleanup does not wait for it once per step.
+    app_unreachable: AtomicBool,
 }
 
 impl Op<'_> {
@@ -161,6 +173,13 @@ impl Op<'_> {
         let app = self.app()?;
         let started = Instant::now();
         let result = app.run(cmd).await;
+        match &result {
+            Ok(_) => self.app_unreachable.store(false, Ordering::Relaxed),
+            Err(ExecError::Unreachable { .. }) => {
+                self.app_unreachable.store(true, Ordering::Relaxed)
+            }
+            Err(_) => {}
+        }
         let (exit, tail) = match &result {
             Ok(o) => (o.status, Some(o.stderr_tail())),
             Err(e) => (None, Some(e.to_string())),
@@ -320,6 +339,7 @@ async fn begin<'a>(
         phase: 0,
         abort,
         heartbeat,
+        app_unreachable: AtomicBool::new(false),
     }))
 }
 
@@ -741,6 +761,7 @@ async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, S
     let deadline_secs = op.ctx.config.lifecycle.health_deadline_secs;
     let deadline = Duration::from_secs(deadline_secs);
     let mut probes = 0u32;
+    let mut unreachable_probes = 0u32;
     let mut last;
     let mut last_report = Instant::now();
     loop {
@@ -750,21 +771,39 @@ async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, S
         probes += 1;
         let probe_started = Instant::now();
         last = match app.run(&cmd).await {
-            Ok(out) => match out.stdout_text().trim() {
-                "200" => {
-                    let note = format!(
-                        "healthy after {probes} probe(s) in {} ms: GET {path} answered 200",
-                        started.elapsed().as_millis()
+            Err(e) => {
+                unreachable_probes += 1;
+                if unreachable_probes >= HEALTH_GATE_UNREACHABLE_PROBES {
+                    if matches!(e, ExecError::Unreachable { .. }) {
+                        op.app_unreachable.store(true, Ordering::Relaxed);
+                    }
+                    let msg = format!(
+                        "the app server stopped answering during the health gate: {unreachable_probes} probes in a row could not run (last: {e})"
                     );
-                    op.journal_note("health_gate", &note, started.elapsed())
+                    op.journal_note("health_gate", &msg, started.elapsed())
                         .await;
-                    return Ok(note);
+                    return Err(fail("health_gate", msg));
                 }
-                "000" | "" => format!("no answer ({})", bounded(&out.stderr_tail())),
-                code => format!("HTTP {code}"),
-            },
-            Err(e) => e.to_string(),
+                e.to_string()
+            }
+            Ok(out) => {
+                unreachable_probes = 0;
+                match out.stdout_text().trim() {
+                    "200" => {
+                        let note = format!(
+                            "healthy after {probes} probe(s) in {} ms: GET {path} answered 200",
+                            started.elapsed().as_millis()
+                        );
+                        op.journal_note("health_gate", &note, started.elapsed())
+                            .await;
+                        return Ok(note);
+                    }
+                    "000" | "" => format!("no answer ({})", bounded(&out.stderr_tail())),
+                    code => format!("HTTP {code}"),
+                }
+            }
         };
+
         if started.elapsed() >= deadline {
             let msg = format!("health check GET {path} on port {port} never answered 200 within {deadline_secs} s ({probes} probes; last: {last})");
             op.journal_note("health_gate", &msg, started.elapsed())
@@ -793,12 +832,18 @@ async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, S
 
 async fn cleanup_failed_deploy(op: &Op<'_>, plan: &DeployPlan) -> String {
     let mut notes = Vec::new();
+    let mut incomplete = false;
     for step in crate::plan::deploy::plan_failed_deploy_cleanup(plan) {
         let result: Result<(), String> = match &step {
             CleanupStep::RemoveContainer(c) => match podman::rm_force(c) {
                 Ok(cmd) => op.run_ok("cleanup_remove", &cmd).await.map(|_| ()),
                 Err(e) => Err(e.0),
             },
+            // The route API is reached through the app server's SSH
+            // master: do not wait for a second connect timeout.
+            CleanupStep::DeletePreviewRoute(_) if op.app_unreachable.load(Ordering::Relaxed) => {
+                Err("skipped: the app server is unreachable".into())
+            }
             CleanupStep::DeletePreviewRoute(host) => {
                 let name =
                     crate::plan::dns::route_rrset_name(host, &op.ctx.config.routing.route_zone);
@@ -822,11 +867,21 @@ async fn cleanup_failed_deploy(op: &Op<'_>, plan: &DeployPlan) -> String {
         };
         match result {
             Ok(()) => notes.push(format!("{step}: done")),
-            Err(e) => notes.push(format!("{step}: FAILED ({e})")),
+            Err(e) => {
+                incomplete = true;
+                notes.push(format!("{step}: FAILED ({e})"));
+            }
         }
     }
     notes.push("the active slot was not touched".into());
-    format!("Cleanup: {}.", notes.join("; "))
+    let mut aftermath = format!("Cleanup: {}.", notes.join("; "));
+    if incomplete {
+        aftermath.push_str(
+            " Once the app server answers again (health_check), deploy again: a deploy first \
+             replaces the slot's leftover container and preview route.",
+        );
+    }
+    aftermath
 }
 
 /// One atomic PATCH of route rrsets, journaled.
@@ -999,6 +1054,14 @@ async fn switch(
     };
     match apply_switch(&mut op, &plan).await {
         Ok(visible) => {
+            if op.abort.is_cancelled() {
+                op.journal_note(
+                    "client_gone",
+                    "the client went away after the traffic switch; the operation completed",
+                    Duration::ZERO,
+                )
+                .await;
+            }
             let outcome = SwitchOutcome {
                 deployment_id: op.id,
                 active: plan.to,
@@ -1023,18 +1086,48 @@ async fn switch(
                     aftermath: "Routes and slot states are unchanged.".into(),
                 }
             } else {
+                let aftermath = switch_aftermath(operation, &step, &plan);
                 OpError::Failed {
                     operation,
                     deployment_id: id,
                     step,
                     message,
-                    aftermath: "The previous route is in place and slot states are unchanged."
-                        .into(),
+                    aftermath,
                 }
             };
             op.finish(false, Some(&err.to_string()), None).await?;
             Err(err)
         }
+    }
+}
+
+/// What a failed promote or rollback left behind, by the step that failed,
+/// and what to do next.
+fn switch_aftermath(operation: &str, step: &str, plan: &SwitchPlan) -> String {
+    let unchanged =
+        "Nothing was switched: the previous route is in place and slot states are unchanged.";
+    match step {
+        "route" | "switch_route" => format!(
+            "{unchanged} PowerDNS on the app server holds the route table: once it answers again \
+             (health_check shows it), run {operation} again."
+        ),
+        "verify" => format!(
+            "The previous route was put back and slot states are unchanged; \
+             check Caddy on the app server (health_check), then run {operation} again."
+        ),
+        "restore_route" => format!(
+            "Slot states are unchanged, but PowerDNS may still send traffic to {} (port {}): \
+             once PowerDNS answers again (health_check shows it), run {operation} again to \
+             finish the switch, or check slot_status.",
+            plan.to, plan.to_port
+        ),
+        "record" => format!(
+            "Traffic now goes to {} (port {}), verified through Caddy, but recording the new \
+             slot states failed: once the database answers (health_check), run {operation} \
+             again to record it.",
+            plan.to, plan.to_port
+        ),
+        _ => format!("{unchanged} Fix the cause above, then run {operation} again."),
     }
 }
 
@@ -1070,7 +1163,7 @@ async fn apply_switch(op: &mut Op<'_>, plan: &SwitchPlan) -> Result<Duration, St
                 async move { client.srv_rrset(&zone, &name).await }
             })
             .await
-            .map_err(|e| fail("route", e.to_string()))?;
+            .map_err(|e| fail("route", format!("reading the current routes failed: {e}")))?;
             restore.push(match before {
                 Some(targets) => RrsetChange::Replace {
                     name: name.clone(),
@@ -1087,23 +1180,30 @@ async fn apply_switch(op: &mut Op<'_>, plan: &SwitchPlan) -> Result<Duration, St
         plan.to,
         plan.to_port
     ));
-    patch_routes(op, "switch_route", &plan.changes)
-        .await
-        .map_err(|e| fail("switch_route", e))?;
+    if let Err(e) = patch_routes(op, "switch_route", &plan.changes).await {
+        // A PATCH is atomic, but a lost answer leaves open whether it was
+        // applied: put the previous routes back to be sure.
+        return Err(match patch_routes(op, "restore_route", &restore).await {
+            Ok(()) => fail("switch_route", e),
+            Err(u) => fail(
+                "restore_route",
+                format!("{e}; putting the previous route back also failed: {u}"),
+            ),
+        });
+    }
     let switched_at = Instant::now();
     // 4. Verify through Caddy.
     op.phase("verifying through Caddy");
     match verify_through_caddy(op.ctx, &plan.hosts, plan.to_port).await {
         Ok(()) => {}
         Err(e) => {
-            let undo = patch_routes(op, "restore_route", &restore).await;
-            let msg = match undo {
-                Ok(()) => format!("{e}; the previous route was put back"),
-                Err(u) => format!(
-                    "{e}; putting the previous route back ALSO failed: {u} — run drift_report"
+            return Err(match patch_routes(op, "restore_route", &restore).await {
+                Ok(()) => fail("verify", e),
+                Err(u) => fail(
+                    "restore_route",
+                    format!("{e}; putting the previous route back also failed: {u}"),
                 ),
-            };
-            return Err(fail("verify", msg));
+            });
         }
     }
     let visible = switched_at.elapsed();
