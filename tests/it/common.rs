@@ -158,6 +158,13 @@ impl HttpServer {
         Self { url, child }
     }
 
+    /// Kills codeb with SIGKILL — no shutdown of any kind, as in a crash —
+    /// and reaps it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
     /// An rmcp client over streamable HTTP.
     pub async fn client(&self) -> RunningService<RoleClient, ()> {
         use rmcp::transport::StreamableHttpClientTransport;

@@ -10,6 +10,7 @@ mod db;
 mod faults;
 mod files;
 mod lifecycle;
+mod lifecycle_faults;
 mod mcp_http;
 mod mcp_stdio;
 mod pdns;
