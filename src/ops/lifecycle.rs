@@ -67,7 +67,7 @@ pub enum OpError {
     #[error("{0}")]
     Refused(String),
     /// Another operation runs on the same (project, environment).
-    #[error("{operation} {running_id} is already running on {project} {environment} (since {since}); wait for it (deployment_get) and try again")]
+    #[error("{operation} {running_id} is already running on {project} {environment} (since {since}); wait for it (deployment_get {running_id}) and try again. If the codeb running it has stopped, the first call after its lease expires ({lease_expires}) recovers it")]
     Busy {
         /// Project.
         project: String,
@@ -79,6 +79,8 @@ pub enum OpError {
         operation: String,
         /// Start time.
         since: String,
+        /// When its lease runs out unless its codeb renews it.
+        lease_expires: String,
     },
     /// A step failed; the deployment record has the journal.
     #[error("{operation} {deployment_id} failed at {step}: {message}. {aftermath} See deployment_get {deployment_id} for the step journal")]
@@ -296,6 +298,7 @@ async fn begin<'a>(
             running_id,
             operation,
             since,
+            lease_expires_at,
         } => {
             return Err(OpError::Busy {
                 project: project.to_string(),
@@ -303,6 +306,8 @@ async fn begin<'a>(
                 running_id,
                 operation,
                 since: since.to_rfc3339(),
+                lease_expires: lease_expires_at
+                    .map_or_else(|| "unknown".into(), |t| t.to_rfc3339()),
             })
         }
         Begin::Duplicate { existing_id } => return Ok(Err(existing_id)),

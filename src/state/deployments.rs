@@ -66,12 +66,24 @@ pub enum Begin {
         operation: String,
         /// When it started.
         since: DateTime<Utc>,
+        /// When its lease runs out unless renewed: after that, the next
+        /// operation recovers it (its codeb has stopped).
+        lease_expires_at: Option<DateTime<Utc>>,
     },
     /// The idempotency key was used before: this is that operation.
     Duplicate {
         /// The earlier operation's id.
         existing_id: Uuid,
     },
+}
+
+/// The running operation that made a start busy.
+#[derive(sqlx::FromRow)]
+struct RunningRow {
+    id: Uuid,
+    operation: String,
+    created_at: DateTime<Utc>,
+    lease_expires_at: Option<DateTime<Utc>>,
 }
 
 /// The lease of this operation is gone (expired and recovered by someone else).
@@ -127,8 +139,8 @@ pub async fn deployment_begin(pool: &PgPool, d: &NewDeployment<'_>) -> Result<Be
             let e = DbError::from(e);
             match e.constraint() {
                 Some("deployments_one_running") => {
-                    let row: Option<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
-                        "SELECT id, operation, created_at FROM deployments
+                    let row: Option<RunningRow> = sqlx::query_as(
+                        "SELECT id, operation, created_at, lease_expires_at FROM deployments
                           WHERE project_id = $1 AND environment = $2 AND status = 'running'",
                     )
                     .bind(d.project_id)
@@ -136,10 +148,11 @@ pub async fn deployment_begin(pool: &PgPool, d: &NewDeployment<'_>) -> Result<Be
                     .fetch_optional(pool)
                     .await?;
                     match row {
-                        Some((running_id, operation, since)) => Ok(Begin::Busy {
-                            running_id,
-                            operation,
-                            since,
+                        Some(r) => Ok(Begin::Busy {
+                            running_id: r.id,
+                            operation: r.operation,
+                            since: r.created_at,
+                            lease_expires_at: r.lease_expires_at,
                         }),
                         // It finished between our insert and this read: try once more.
                         None => Box::pin(deployment_begin(pool, d)).await,

@@ -775,7 +775,9 @@ async fn codeb_killed_mid_deploy_is_recovered_within_the_lease() {
                 }
                 let text = error_text(&r);
                 assert!(
-                    text.contains(&crashed.to_string()) && text.contains("already running"),
+                    text.contains(&crashed.to_string())
+                        && text.contains("already running")
+                        && text.contains("lease expires"),
                     "busy names the crashed deploy: {text}"
                 );
                 busy += 1;
