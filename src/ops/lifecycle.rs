@@ -808,7 +808,6 @@ async fn health_gate(op: &mut Op<'_>, port: u16, path: &str) -> Result<String, S
                 }
             }
         };
-
         if started.elapsed() >= deadline {
             let msg = format!("health check GET {path} on port {port} never answered 200 within {deadline_secs} s ({probes} probes; last: {last})");
             op.journal_note("health_gate", &msg, started.elapsed())
@@ -1452,4 +1451,44 @@ pub async fn slot_cleanup(
     }
     ctx.observer.invalidate();
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> SwitchPlan {
+        SwitchPlan {
+            operation: "promote",
+            to: SlotName::Green,
+            to_port: 4101,
+            to_image: None,
+            from: Some(SlotName::Blue),
+            hosts: vec!["shop.codeb.test".into()],
+            changes: Vec::new(),
+            to_state: SlotState::Active,
+            from_state: Some(SlotState::Grace),
+            grace_expires_at: None,
+        }
+    }
+
+    #[test]
+    fn switch_aftermath_says_what_was_left_and_what_to_do() {
+        for step in ["route", "switch_route"] {
+            let a = switch_aftermath("promote", step, &plan());
+            assert!(a.contains("Nothing was switched"), "{a}");
+            assert!(a.contains("PowerDNS"), "{a}");
+            assert!(a.contains("run promote again"), "{a}");
+        }
+        let a = switch_aftermath("rollback", "restore_route", &plan());
+        assert!(!a.contains("Nothing was switched"), "{a}");
+        assert!(
+            a.contains("port 4101") && a.contains("run rollback again"),
+            "{a}"
+        );
+        let a = switch_aftermath("promote", "record", &plan());
+        assert!(a.contains("Traffic now goes to green"), "{a}");
+        let a = switch_aftermath("promote", "probe", &plan());
+        assert!(a.contains("Nothing was switched"), "{a}");
+    }
 }
