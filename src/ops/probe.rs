@@ -35,8 +35,16 @@ impl std::fmt::Display for ProbeResult {
 
 /// GET `path` on the slot at `port` of the app server, bounded by `timeout`.
 /// `path` must be validated (`podman::validate_http_path`).
-pub async fn probe_slot(ctx: &Ctx, port: u16, path: &str, timeout: Duration) -> Result<ProbeResult, String> {
-    let (_, app) = ctx.fleet.for_role(ServerRole::App).ok_or("no app server configured")?;
+pub async fn probe_slot(
+    ctx: &Ctx,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<ProbeResult, String> {
+    let (_, app) = ctx
+        .fleet
+        .for_role(ServerRole::App)
+        .ok_or("no app server configured")?;
     let local = app
         .forward_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
         .await
@@ -49,14 +57,28 @@ pub async fn probe_slot(ctx: &Ctx, port: u16, path: &str, timeout: Duration) -> 
         .map_err(|e| e.to_string())?;
     // The Host header names the slot's own address, as a direct probe would.
     let url = format!("http://{local}{path}");
-    match client.get(url).header("host", format!("127.0.0.1:{port}")).send().await {
+    match client
+        .get(url)
+        .header("host", format!("127.0.0.1:{port}"))
+        .send()
+        .await
+    {
         Ok(r) => Ok(ProbeResult::Status(r.status().as_u16())),
-        Err(e) if e.is_timeout() => Ok(ProbeResult::NoAnswer(format!("no answer within {} s", timeout.as_secs()))),
-        Err(e) => Ok(ProbeResult::NoAnswer(without_local_port(&e.to_string(), local))),
+        Err(e) if e.is_timeout() => Ok(ProbeResult::NoAnswer(format!(
+            "no answer within {} s",
+            timeout.as_secs()
+        ))),
+        Err(e) => Ok(ProbeResult::NoAnswer(without_local_port(
+            &e.to_string(),
+            local,
+        ))),
     }
 }
 
 /// Error texts name the local forward; the caller thinks of the slot port.
 fn without_local_port(s: &str, local: SocketAddr) -> String {
-    s.replace(&format!("http://{local}"), "the slot").chars().take(200).collect()
+    s.replace(&format!("http://{local}"), "the slot")
+        .chars()
+        .take(200)
+        .collect()
 }
