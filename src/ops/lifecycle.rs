@@ -669,14 +669,18 @@ async fn apply_deploy(
             }
             DeployStep::EnsureNetwork => {
                 op.phase(format!("ensuring network {}", podman::NETWORK));
-                let exists = op
-                    .run("network_exists", &podman::network_exists(podman::NETWORK))
-                    .await
-                    .map_err(|e| fail("network", e))?;
-                if !exists.success() {
-                    op.run_ok("network_create", &podman::network_create(podman::NETWORK))
+                // Once seen, the network stays: codeb never removes it.
+                if !op.ctx.app_network_ready.load(Ordering::Relaxed) {
+                    let exists = op
+                        .run("network_exists", &podman::network_exists(podman::NETWORK))
                         .await
                         .map_err(|e| fail("network", e))?;
+                    if !exists.success() {
+                        op.run_ok("network_create", &podman::network_create(podman::NETWORK))
+                            .await
+                            .map_err(|e| fail("network", e))?;
+                    }
+                    op.ctx.app_network_ready.store(true, Ordering::Relaxed);
                 }
             }
             DeployStep::RemoveContainer { container } => {
@@ -1139,18 +1143,29 @@ async fn apply_switch(op: &mut Op<'_>, plan: &SwitchPlan) -> Result<Duration, St
     let view = op.row.view.clone();
     // 1. Re-probe the slot that will take traffic.
     op.phase(format!("probing {} before the switch", plan.to));
-    let cmd = podman::probe_http(plan.to_port, &view.health_path, HEALTH_PROBE_TIMEOUT_SECS)
-        .map_err(|e| fail("probe", e.0))?;
-    let out = op.run("probe", &cmd).await.map_err(|e| fail("probe", e))?;
-    if out.stdout_text().trim() != "200" {
+    // Directly through the SSH master's port forward: no process is
+    // started on the app server, so the switch is not delayed by one.
+    let probe_started = Instant::now();
+    let seen = crate::ops::probe::probe_slot(
+        op.ctx,
+        plan.to_port,
+        &view.health_path,
+        Duration::from_secs(u64::from(HEALTH_PROBE_TIMEOUT_SECS)),
+    )
+    .await
+    .map_err(|e| fail("probe", e))?;
+    op.journal_note(
+        "probe",
+        &format!("GET {} on port {}: {seen}", view.health_path, plan.to_port),
+        probe_started.elapsed(),
+    )
+    .await;
+    if !seen.healthy() {
         return Err(fail(
             "probe",
             format!(
-                "slot {} (port {}) does not answer GET {} with 200 (got {})",
-                plan.to,
-                plan.to_port,
-                view.health_path,
-                out.stdout_text().trim()
+                "slot {} (port {}) does not answer GET {} with 200 ({seen})",
+                plan.to, plan.to_port, view.health_path
             ),
         ));
     }
