@@ -657,6 +657,14 @@ async fn apply_deploy(
 ) -> Result<String, StepFailure> {
     let view = op.row.view.clone();
     let mut health = String::new();
+    // The old container of the target slot goes while the image is pulled:
+    // any failure cleans the target slot anyway, so doing it early loses
+    // nothing and takes its time off the deploy.
+    let early_remove = plan.steps.iter().find_map(|s| match s {
+        DeployStep::RemoveContainer { container } => Some(container.clone()),
+        _ => None,
+    });
+    let mut removed = false;
     for step in &plan.steps {
         if op.abort.is_cancelled() {
             return Err(("cancel".into(), "client went away".into(), true));
@@ -665,7 +673,19 @@ async fn apply_deploy(
             DeployStep::Pull { image } => {
                 op.phase(format!("pulling {image}"));
                 let cmd = podman::pull(image).map_err(|e| fail("pull", e.0))?;
-                op.run_ok("pull", &cmd).await.map_err(|e| fail("pull", e))?;
+                match &early_remove {
+                    Some(container) => {
+                        let rm = podman::rm_force(container).map_err(|e| fail("remove", e.0))?;
+                        let (pulled, gone) =
+                            tokio::join!(op.run_ok("pull", &cmd), op.run_ok("remove_old", &rm));
+                        pulled.map_err(|e| fail("pull", e))?;
+                        gone.map_err(|e| fail("remove", e))?;
+                        removed = true;
+                    }
+                    None => {
+                        op.run_ok("pull", &cmd).await.map_err(|e| fail("pull", e))?;
+                    }
+                }
             }
             DeployStep::EnsureNetwork => {
                 op.phase(format!("ensuring network {}", podman::NETWORK));
@@ -685,10 +705,12 @@ async fn apply_deploy(
             }
             DeployStep::RemoveContainer { container } => {
                 op.phase(format!("replacing container {container}"));
-                let cmd = podman::rm_force(container).map_err(|e| fail("remove", e.0))?;
-                op.run_ok("remove_old", &cmd)
-                    .await
-                    .map_err(|e| fail("remove", e))?;
+                if !removed {
+                    let cmd = podman::rm_force(container).map_err(|e| fail("remove", e.0))?;
+                    op.run_ok("remove_old", &cmd)
+                        .await
+                        .map_err(|e| fail("remove", e))?;
+                }
             }
             DeployStep::Run {
                 container,
