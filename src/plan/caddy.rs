@@ -12,7 +12,7 @@ use crate::plan::health::validate_probe_url;
 
 /// How often Caddy re-resolves a route's SRV rrset: a switch is visible
 /// through Caddy within about this long.
-pub const SRV_REFRESH: &str = "1s";
+pub const SRV_REFRESH: &str = "250ms";
 /// Caddy's SRV `grace_period`, in seconds. When a lookup fails, Caddy keeps
 /// serving the last answer (stale routes while PowerDNS is down) and looks
 /// up again only this much later; each failed retry extends the stale
@@ -244,7 +244,7 @@ mod tests {
 \treverse_proxy {
 \t\tdynamic srv {
 \t\t\tname _http._tcp.{http.request.host}.route.codeb.test
-\t\t\trefresh 1s
+\t\t\trefresh 250ms
 \t\t\tgrace_period 10s
 \t\t\tresolvers 127.0.0.1:53
 \t\t}
@@ -288,7 +288,7 @@ https:// {
 \treverse_proxy {
 \t\tdynamic srv {
 \t\t\tname _http._tcp.{http.request.host}.route.example.com
-\t\t\trefresh 1s
+\t\t\trefresh 250ms
 \t\t\tgrace_period 10s
 \t\t\tresolvers 127.0.0.1:53
 \t\t}
