@@ -153,3 +153,50 @@ fn regex_like_replace_addresses(s: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// 10 MB of text in a tool argument over stdio: a clear isError, no
+/// command run, and the server keeps answering.
+#[test]
+fn stdio_ten_megabyte_argument_is_refused_and_serving_continues() {
+    let mut child = Command::new(codeb_bin())
+        .arg("--config")
+        .arg(&testbed().config)
+        .arg("serve")
+        .env("CODEB_LOG", "off")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"t","version":"1"}}}}}}"#
+    )
+    .unwrap();
+    lines.next().unwrap().unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "deploy", "arguments": {"project": "a".repeat(10_000_000), "environment": "production", "image": "10.77.0.12:5000/demo:v1"}}});
+    writeln!(stdin, "{call}").unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(
+        reply["result"]["isError"],
+        serde_json::json!(true),
+        "{}",
+        reply.to_string().chars().take(300).collect::<String>()
+    );
+    let text = reply["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("a value of 10000000 bytes"), "{text}");
+    assert!(text.len() < 500, "the error does not echo the input");
+    writeln!(stdin, r#"{{"jsonrpc":"2.0","id":3,"method":"ping"}}"#).unwrap();
+    let pong: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(pong["id"], 3);
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
