@@ -228,8 +228,10 @@ impl PdnsClient {
         })
     }
 
+    /// The enabled targets of an rrset in a canonical order (priority, then
+    /// port): PowerDNS returns records in no particular order.
     fn srv_targets(&self, rrset: &RrsetDoc) -> Result<Vec<SrvTarget>, PdnsError> {
-        rrset
+        let mut targets = rrset
             .records
             .iter()
             .filter(|r| !r.disabled)
@@ -241,7 +243,9 @@ impl PdnsClient {
                     )))
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        targets.sort_by_key(|t| (t.priority, t.port));
+        Ok(targets)
     }
 
     /// Sends one request; a non-2xx answer becomes `PdnsError::Api` with a
@@ -565,8 +569,8 @@ mod tests {
             {"name": "_http._tcp.b.codeb.test.route.codeb.test.", "type": "SRV", "ttl": 1,
              "records": [{"content": "0 0 4102 app.route.codeb.test.", "disabled": false}]},
             {"name": "_http._tcp.a.codeb.test.route.codeb.test.", "type": "SRV", "ttl": 1,
-             "records": [{"content": "0 0 4100 app.route.codeb.test.", "disabled": false},
-                         {"content": "10 0 4101 app.route.codeb.test.", "disabled": false},
+             "records": [{"content": "10 0 4101 app.route.codeb.test.", "disabled": false},
+                         {"content": "0 0 4100 app.route.codeb.test.", "disabled": false},
                          {"content": "20 0 4999 app.route.codeb.test.", "disabled": true}]}
         ]}"#;
         let (base, seen) = fake_api(200, zone, Duration::ZERO).await;
@@ -600,6 +604,9 @@ mod tests {
             .unwrap();
         assert_eq!(none, None);
         let all = c.srv_rrsets("route.codeb.test").await.unwrap();
+        // Records come back in canonical (priority, port) order whatever
+        // order PowerDNS lists them in.
+        assert_eq!(Some(all[0].1.clone()), a);
         let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
