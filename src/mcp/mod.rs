@@ -425,6 +425,161 @@ address = "local"
         );
     }
 
+    /// The lifecycle tools refuse bad input before any command runs or the
+    /// database is touched (the fake database address would fail loudly).
+    #[tokio::test]
+    async fn lifecycle_tools_refuse_bad_input_before_running_anything() {
+        use crate::model::Environment;
+        use crate::ops::lifecycle::{self, Caller, OpError};
+        use tokio_util::sync::CancellationToken;
+        let (server, fake) = server_with_fake();
+        let ctx = server.ctx_arc();
+        let caller = Caller {
+            principal: "test".into(),
+        };
+        let huge = "a".repeat(10_000_000);
+        let image = "10.77.0.12:5000/demo:v1";
+        let bad_names = ["", "-rf", "shop\nrm", "$(id)", huge.as_str()];
+        let progress = || tokio::sync::mpsc::unbounded_channel().0;
+        let invalid = |r: Result<(), OpError>, what: &str| match r {
+            Err(OpError::Invalid(msg)) => assert!(msg.len() < 500, "{what}: bounded message"),
+            other => panic!("{what}: expected Invalid, got {other:?}"),
+        };
+        for name in bad_names {
+            let env = Environment::Production;
+            let r = lifecycle::deploy(
+                &ctx,
+                name,
+                env,
+                image,
+                None,
+                false,
+                &caller,
+                progress(),
+                CancellationToken::new(),
+            )
+            .await;
+            invalid(r.map(|_| ()), "deploy project");
+            let r = lifecycle::promote(
+                &ctx,
+                name,
+                env,
+                false,
+                &caller,
+                progress(),
+                CancellationToken::new(),
+            )
+            .await;
+            invalid(r.map(|_| ()), "promote project");
+            let r = lifecycle::rollback(
+                &ctx,
+                name,
+                env,
+                None,
+                false,
+                &caller,
+                progress(),
+                CancellationToken::new(),
+            )
+            .await;
+            invalid(r.map(|_| ()), "rollback project");
+            let r =
+                lifecycle::slot_cleanup(&ctx, Some(name), None, false, &caller, progress()).await;
+            invalid(r.map(|_| ()), "slot_cleanup project");
+            let r = lifecycle::deploy(
+                &ctx,
+                "shop",
+                env,
+                name,
+                None,
+                false,
+                &caller,
+                progress(),
+                CancellationToken::new(),
+            )
+            .await;
+            invalid(r.map(|_| ()), "deploy image");
+            let r = lifecycle::deploy(
+                &ctx,
+                "shop",
+                env,
+                image,
+                Some(name),
+                false,
+                &caller,
+                progress(),
+                CancellationToken::new(),
+            )
+            .await;
+            if !name.is_empty() && !name.contains(['\n', ' ']) && name.len() <= 128 {
+                // "-rf" and "$(id)" are acceptable idempotency keys: they are
+                // only ever bound as SQL parameters; the project then fails.
+                assert!(r.is_err());
+            } else {
+                invalid(r.map(|_| ()), "deploy idempotency_key");
+            }
+            let r = lifecycle::rollback(
+                &ctx,
+                "shop",
+                env,
+                Some(&huge),
+                false,
+                &caller,
+                progress(),
+                CancellationToken::new(),
+            )
+            .await;
+            invalid(r.map(|_| ()), "rollback reason");
+            use crate::mcp::deployment_list::{DeploymentGetParams, DeploymentListParams};
+            use crate::mcp::logs::LogsParams;
+            use crate::mcp::project_create::ProjectCreateParams;
+            use rmcp::handler::server::wrapper::Parameters;
+            let e = server
+                .project_create(Parameters(ProjectCreateParams {
+                    project: name.into(),
+                    kind: None,
+                    dry_run: false,
+                }))
+                .await
+                .err()
+                .expect("project_create refuses");
+            assert!(e.contains("project name"), "{e}");
+            let e = server
+                .logs(Parameters(LogsParams {
+                    project: name.into(),
+                    environment: env,
+                    slot: None,
+                    lines: None,
+                }))
+                .await
+                .err()
+                .expect("logs refuses");
+            assert!(e.contains("project name"), "{e}");
+            let e = server
+                .deployment_get(Parameters(DeploymentGetParams { id: name.into() }))
+                .await
+                .err()
+                .expect("deployment_get refuses");
+            assert!(e.contains("UUID"), "{e}");
+            let e = server
+                .deployment_list(Parameters(DeploymentListParams {
+                    project: Some(name.into()),
+                    environment: None,
+                    limit: None,
+                    cursor: None,
+                }))
+                .await
+                .err()
+                .expect("deployment_list refuses");
+            assert!(e.contains("project name"), "{e}");
+        }
+        assert!(
+            fake.calls.lock().unwrap().is_empty(),
+            "no command ran: {:?}",
+            fake.calls.lock().unwrap()
+        );
+    }
+
     #[test]
     fn server_info_is_codeb() {
         let (server, _) = server_with_fake();
