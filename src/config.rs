@@ -75,6 +75,75 @@ pub struct Config {
     /// Blue-green lifecycle settings.
     #[serde(default)]
     pub lifecycle: LifecycleConfig,
+    /// Per-project resources on the storage server (databases, Redis users, dumps).
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Where codeb's own secrets come from (files; values never in the TOML).
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+}
+
+/// Per-project resources on the storage server (DESIGN §1, §3).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Address containers use to reach PostgreSQL and Redis on the storage
+    /// server (in DATABASE_URL / REDIS_URL); default: the storage server's address.
+    #[serde(default)]
+    pub app_host: Option<String>,
+    /// PostgreSQL port on the storage server.
+    #[serde(default = "default_pg_port")]
+    pub postgres_port: u16,
+    /// Redis port on the storage server.
+    #[serde(default = "default_redis_port")]
+    pub redis_port: u16,
+    /// File holding the password of Redis's admin (default) user; also
+    /// `CODEB_REDIS_ADMIN_PASSWORD`. None: Redis has no admin password.
+    #[serde(default)]
+    pub redis_admin_password_file: Option<PathBuf>,
+    /// OS user on the storage server whose peer authentication runs
+    /// `pg_dump` (PostgreSQL's superuser account).
+    #[serde(default = "default_pg_os_user")]
+    pub pg_os_user: String,
+    /// PostgreSQL's unix socket directory on the storage server.
+    #[serde(default = "default_pg_socket_dir")]
+    pub pg_socket_dir: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            app_host: None,
+            postgres_port: default_pg_port(),
+            redis_port: default_redis_port(),
+            redis_admin_password_file: None,
+            pg_os_user: default_pg_os_user(),
+            pg_socket_dir: default_pg_socket_dir(),
+        }
+    }
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_redis_port() -> u16 {
+    6379
+}
+fn default_pg_os_user() -> String {
+    "postgres".into()
+}
+fn default_pg_socket_dir() -> String {
+    "/run/postgresql".into()
+}
+
+/// Where codeb's own secrets come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// File holding the 32-byte env master key as 64 hex digits; also
+    /// `CODEB_MASTER_KEY`. Env values are encrypted with it (DESIGN §3).
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
 }
 
 /// Blue-green lifecycle settings.
@@ -444,6 +513,29 @@ impl Config {
         if let Some(p) = &self.pdns.api_key_file {
             check_readable("pdns.api_key_file", p)?;
         }
+        if let Some(p) = &self.storage.redis_admin_password_file {
+            check_readable("storage.redis_admin_password_file", p)?;
+        }
+        if let Some(p) = &self.secrets.master_key_file {
+            check_readable("secrets.master_key_file", p)?;
+        }
+        if let Some(h) = &self.storage.app_host {
+            if h.parse::<IpAddr>().is_err() {
+                validate_hostname(h).map_err(|e| ConfigError::new("storage.app_host", e))?;
+            }
+        }
+        if self.storage.pg_os_user.is_empty()
+            || self.storage.pg_os_user.starts_with('-')
+            || !self.storage.pg_os_user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError::new("storage.pg_os_user", "must be a plain user name"));
+        }
+        if !self.storage.pg_socket_dir.starts_with('/')
+            || !self.storage.pg_socket_dir.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b))
+            || self.storage.pg_socket_dir.contains("..")
+        {
+            return Err(ConfigError::new("storage.pg_socket_dir", "must be an absolute plain path"));
+        }
         for (field, value) in [
             ("routing.route_zone", &self.routing.route_zone),
             ("routing.route_target", &self.routing.route_target),
@@ -552,6 +644,32 @@ impl Config {
             "database.password_file",
             self.database.password_file.as_deref(),
         )
+    }
+
+    /// Redis's admin password, from `CODEB_REDIS_ADMIN_PASSWORD` or the file.
+    pub fn redis_admin_password(&self) -> Result<Option<String>, ConfigError> {
+        secret_from(
+            "CODEB_REDIS_ADMIN_PASSWORD",
+            "storage.redis_admin_password_file",
+            self.storage.redis_admin_password_file.as_deref(),
+        )
+    }
+
+    /// The env master key text, from `CODEB_MASTER_KEY` or the key file.
+    pub fn master_key_text(&self) -> Result<Option<String>, ConfigError> {
+        secret_from(
+            "CODEB_MASTER_KEY",
+            "secrets.master_key_file",
+            self.secrets.master_key_file.as_deref(),
+        )
+    }
+
+    /// The address containers use to reach the storage server's databases.
+    pub fn storage_app_host(&self) -> String {
+        self.storage
+            .app_host
+            .clone()
+            .unwrap_or_else(|| self.server_for(ServerRole::Storage).address.clone())
     }
 
     /// The PowerDNS API key, from `CODEB_PDNS_API_KEY` or the key file.

@@ -231,6 +231,32 @@ pub fn is_valid_ssh_user(user: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
+/// Names of a (project, environment)'s resources on the storage server
+/// (DESIGN §1): one PostgreSQL database and login role, one Redis ACL user
+/// confined to a key prefix. Derived from a validated project name only:
+/// project names have no `_`, so mapping `-` to `_` cannot collide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageNames {
+    /// PostgreSQL database and role name, e.g. `shop_production` (≤ 43 bytes, [a-z0-9_]).
+    pub pg: String,
+    /// Redis ACL user, e.g. `shop-production`.
+    pub redis_user: String,
+    /// Redis key (and channel) prefix, e.g. `shop:production:`.
+    pub redis_prefix: String,
+}
+
+impl StorageNames {
+    /// Names for a project that passed `validate_project_name`.
+    pub fn new(project: &str, environment: Environment) -> Result<Self, Invalid> {
+        validate_project_name(project)?;
+        Ok(Self {
+            pg: format!("{}_{}", project.replace('-', "_"), environment.as_str()),
+            redis_user: format!("{project}-{}", environment.as_str()),
+            redis_prefix: format!("{project}:{}:", environment.as_str()),
+        })
+    }
+}
+
 /// DNS host names: ASCII (punycode for IDNs), labels 1-63 of letters, digits
 /// and '-', not starting or ending with '-', total at most 253 characters.
 pub fn validate_hostname(name: &str) -> Result<(), String> {

@@ -2,6 +2,7 @@
 //! these; these call `state`, `plan` and `exec`.
 
 pub mod caddy;
+pub mod env;
 pub mod health;
 pub mod lifecycle;
 pub mod observe;

@@ -23,6 +23,8 @@ pub enum Expect {
     ExitZero,
     /// Exit 0 and stdout (trimmed) equal to this.
     Stdout(&'static str),
+    /// Exit 0 and the first stdout line starting with one of these.
+    StdoutPrefix(&'static [&'static str]),
     /// curl printed one of these HTTP status codes.
     HttpStatus(&'static [u16]),
     /// `df -P -B1` output with at least `BACKUP_MIN_FREE_BYTES` available.
@@ -126,7 +128,8 @@ pub fn probes_for_role(role: ServerRole, t: &ProbeTargets) -> Vec<Probe> {
                 cmd: RemoteCmd::new("redis-cli")
                     .args(["-h", "127.0.0.1", "-p", "6379", "ping"])
                     .timeout(HEALTH_PROBE_TIMEOUT),
-                expect: Expect::Stdout("PONG"),
+                // A Redis with an admin password answers NOAUTH: up and guarded.
+                expect: Expect::StdoutPrefix(&["PONG", "NOAUTH"]),
             },
             Probe {
                 service: "registry",
@@ -185,6 +188,21 @@ pub fn interpret(expect: &Expect, exit: Option<i32>, stdout: &str, stderr: &str)
                     "exit status {}: {}",
                     exit.map_or("none".into(), |c| c.to_string()),
                     non_empty(first_line(stderr), "no output")
+                ))
+            }
+        }
+        Expect::StdoutPrefix(wants) => {
+            let got = first_line(stdout);
+            if exit == Some(0) && wants.iter().any(|w| got.starts_with(w)) {
+                Verdict {
+                    healthy: true,
+                    detail: got,
+                }
+            } else {
+                failed(format!(
+                    "expected {}, got {}",
+                    wants.join(" or "),
+                    non_empty(if got.is_empty() { first_line(stderr) } else { got }, "nothing")
                 ))
             }
         }
@@ -405,6 +423,10 @@ mod tests {
     fn interpret_stdout_and_exit() {
         assert!(interpret(&Expect::Stdout("PONG"), Some(0), "PONG\n", "").healthy);
         assert!(!interpret(&Expect::Stdout("PONG"), Some(1), "", "Could not connect").healthy);
+        let redis = Expect::StdoutPrefix(&["PONG", "NOAUTH"]);
+        assert!(interpret(&redis, Some(0), "NOAUTH Authentication required.\n", "").healthy);
+        assert!(!interpret(&redis, Some(0), "ERR unknown\n", "").healthy);
+        assert!(!interpret(&redis, Some(1), "", "Could not connect").healthy);
         let v = interpret(&Expect::ExitZero, Some(0), "4.3.1\n", "");
         assert_eq!(
             v,
