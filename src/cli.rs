@@ -111,10 +111,13 @@ pub fn main() -> ExitCode {
 
 fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CODEB_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
+        // rmcp logs whole requests at debug, arguments included — env
+        // values among them, before codeb has seen them. Never below info.
+        .add_directive("rmcp=info".parse().expect("static directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| crate::ops::redact::RedactingStderr);
     if json {
         builder.json().init();
     } else {
@@ -148,6 +151,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Serve { http: Some(addr) } => {
             let n = ctx.db.migrate().await?;
             tracing::info!(migrations = n, "database ready");
+            // Env data without its key would make every deploy fail later:
+            // refuse now, saying why.
+            crate::ops::env::check_master_key(&ctx)
+                .await
+                .map_err(anyhow::Error::msg)?;
             crate::mcp::http::serve(ctx.clone(), addr, cancel.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -37,7 +37,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -81,6 +81,18 @@ pub struct Config {
     /// Where codeb's own secrets come from (files; values never in the TOML).
     #[serde(default)]
     pub secrets: SecretsConfig,
+    /// Environment variable settings.
+    #[serde(default)]
+    pub env: EnvConfig,
+}
+
+/// Environment variable settings (DESIGN §3).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvConfig {
+    /// Keys protected like DATABASE_URL (only owners may change them), besides the built-in five.
+    #[serde(default)]
+    pub protected_keys: Vec<String>,
 }
 
 /// Per-project resources on the storage server (DESIGN §1, §3).
@@ -519,6 +531,11 @@ impl Config {
         if let Some(p) = &self.secrets.master_key_file {
             check_readable("secrets.master_key_file", p)?;
         }
+        crate::ops::env::EnvKey::from_config(self)?;
+        for (i, k) in self.env.protected_keys.iter().enumerate() {
+            crate::plan::envvars::validate_key(k)
+                .map_err(|e| ConfigError::new(format!("env.protected_keys[{i}]"), e.0))?;
+        }
         if let Some(h) = &self.storage.app_host {
             if h.parse::<IpAddr>().is_err() {
                 validate_hostname(h).map_err(|e| ConfigError::new("storage.app_host", e))?;
@@ -526,15 +543,29 @@ impl Config {
         }
         if self.storage.pg_os_user.is_empty()
             || self.storage.pg_os_user.starts_with('-')
-            || !self.storage.pg_os_user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !self
+                .storage
+                .pg_os_user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(ConfigError::new("storage.pg_os_user", "must be a plain user name"));
+            return Err(ConfigError::new(
+                "storage.pg_os_user",
+                "must be a plain user name",
+            ));
         }
         if !self.storage.pg_socket_dir.starts_with('/')
-            || !self.storage.pg_socket_dir.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b))
+            || !self
+                .storage
+                .pg_socket_dir
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b))
             || self.storage.pg_socket_dir.contains("..")
         {
-            return Err(ConfigError::new("storage.pg_socket_dir", "must be an absolute plain path"));
+            return Err(ConfigError::new(
+                "storage.pg_socket_dir",
+                "must be an absolute plain path",
+            ));
         }
         for (field, value) in [
             ("routing.route_zone", &self.routing.route_zone),

@@ -55,6 +55,8 @@ pub struct DeployResult {
     pub warnings: Vec<String>,
     /// True when an earlier deployment with the same idempotency key is returned.
     pub replayed: bool,
+    /// Env version the container runs with (absent: no variables, or a dry run).
+    pub env_version: Option<i32>,
 }
 
 #[tool_router(router = deploy_router, vis = "pub(crate)")]
@@ -111,6 +113,7 @@ impl CodebServer {
                 plan: Some(plan.steps.iter().map(|s| s.to_string()).collect()),
                 warnings: plan.warnings,
                 replayed: false,
+                env_version: None,
             },
             (Outcome::Done(d), p) => DeployResult {
                 summary: format!(
@@ -133,6 +136,7 @@ impl CodebServer {
                 plan: None,
                 warnings: d.warnings,
                 replayed: d.replayed,
+                env_version: d.env_version,
             },
         }))
     }

@@ -8,6 +8,7 @@
 pub mod compact;
 pub mod deploy;
 pub mod deployment_list;
+pub mod env;
 pub mod health_check;
 pub mod http;
 pub mod logs;
@@ -97,6 +98,7 @@ impl CodebServer {
             + Self::slot_cleanup_router()
             + Self::deployment_list_router()
             + Self::logs_router()
+            + Self::env_router()
     }
 
     /// The router, for sharing between sessions.
@@ -130,6 +132,12 @@ impl CodebServer {
     /// The caller's team.
     pub fn caller_team(&self) -> String {
         "default".into()
+    }
+
+    /// Whether the caller is an owner (may change protected env keys).
+    /// The local operator is the owner (DESIGN §6: stdio's principal).
+    pub fn caller_is_owner(&self) -> bool {
+        true
     }
 }
 

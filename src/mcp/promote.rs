@@ -51,6 +51,10 @@ pub struct SwitchResult {
     pub switch_visible_ms: Option<u64>,
     /// The planned switch (dry run).
     pub plan: Option<String>,
+    /// Env version of the slot now serving (absent: no variables).
+    pub env_version: Option<i32>,
+    /// Env keys that differ from the slot that lost traffic: names and fingerprints, never values.
+    pub env_changes: Vec<crate::plan::envvars::KeyChange>,
 }
 
 pub(crate) fn switch_result(
@@ -77,16 +81,32 @@ pub(crate) fn switch_result(
             hosts: p.hosts.clone(),
             switch_visible_ms: None,
             plan: Some(p.to_string()),
+            env_version: None,
+            env_changes: Vec::new(),
         },
         Outcome::Done(d) => SwitchResult {
             summary: format!(
-                "{operation} done: {project} {env} now serves {} from {} (port {}){}",
+                "{operation} done: {project} {env} now serves {} from {} (port {}){}{}",
                 d.image.as_deref().unwrap_or("?"),
                 d.active,
                 d.port,
                 match (d.previous, &d.previous_state) {
                     (Some(s), Some(st)) => format!("; {s} is {st}"),
                     _ => String::new(),
+                },
+                if d.env_changes.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; env v{} -> v{} changes {}",
+                        d.env_versions.0.map_or("-".into(), |v| v.to_string()),
+                        d.env_versions.1.map_or("-".into(), |v| v.to_string()),
+                        d.env_changes
+                            .iter()
+                            .map(|c| format!("{} ({})", c.key, c.change))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 }
             ),
             dry_run: false,
@@ -99,6 +119,8 @@ pub(crate) fn switch_result(
             hosts: d.hosts,
             switch_visible_ms: Some(d.switch_visible_ms),
             plan: None,
+            env_version: d.env_versions.1,
+            env_changes: d.env_changes,
         },
     }
 }

@@ -132,8 +132,11 @@ pub struct Caller {
     pub principal: String,
 }
 
+/// A running operation, for other modules' operations (env_sync, ...).
+pub(crate) type OpHandle<'a> = Op<'a>;
+
 /// A running operation: its record, fence and reporting channels.
-struct Op<'a> {
+pub(crate) struct Op<'a> {
     ctx: &'a Ctx,
     id: Uuid,
     token: i64,
@@ -153,7 +156,7 @@ impl Op<'_> {
         self.row.view.environment.as_str()
     }
 
-    fn phase(&mut self, message: impl Into<String>) {
+    pub(crate) fn phase(&mut self, message: impl Into<String>) {
         self.phase += 1;
         let _ = self.progress.send(Progress {
             phase: self.phase,
@@ -170,17 +173,68 @@ impl Op<'_> {
             .ok_or_else(|| "no app server configured".to_string())
     }
 
+    /// The operation's id.
+    pub(crate) fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The executor of the first server with `role`.
+    pub(crate) fn server(&self, role: ServerRole) -> Result<Arc<dyn Remote>, String> {
+        self.ctx
+            .fleet
+            .for_role(role)
+            .map(|(_, r)| r.clone())
+            .ok_or_else(|| format!("no {role} server configured"))
+    }
+
+    /// Records the env version the operation ran with.
+    pub(crate) async fn set_env_version(&self, version: i32) {
+        if let Ok(pool) = self.ctx.db.pool().await {
+            let _ = sqlx::query("UPDATE deployments SET env_version = $2 WHERE id = $1")
+                .bind(self.id)
+                .bind(version)
+                .execute(pool)
+                .await;
+        }
+    }
+
+    /// Ends the operation as succeeded with `result`.
+    pub(crate) async fn finish_ok(self, result: Option<&serde_json::Value>) -> Result<(), OpError> {
+        self.finish(true, None, result).await
+    }
+
+    /// Ends the operation as failed with `error`.
+    pub(crate) async fn finish_err(self, error: &str) -> Result<(), OpError> {
+        self.finish(false, Some(error), None).await
+    }
+
     /// Runs one command on the app server and journals it.
     async fn run(&self, step: &str, cmd: &RemoteCmd) -> Result<CmdOutput, String> {
         let app = self.app()?;
+        self.run_on(&app, step, cmd).await
+    }
+
+    /// Runs one command on `server` and journals it.
+    pub(crate) async fn run_on(
+        &self,
+        server: &Arc<dyn Remote>,
+        step: &str,
+        cmd: &RemoteCmd,
+    ) -> Result<CmdOutput, String> {
+        let app = server;
+        let is_app = self
+            .ctx
+            .fleet
+            .for_role(ServerRole::App)
+            .is_some_and(|(_, r)| Arc::ptr_eq(r, server));
         let started = Instant::now();
         let result = app.run(cmd).await;
         match &result {
-            Ok(_) => self.app_unreachable.store(false, Ordering::Relaxed),
-            Err(ExecError::Unreachable { .. }) => {
+            Ok(_) if is_app => self.app_unreachable.store(false, Ordering::Relaxed),
+            Err(ExecError::Unreachable { .. }) if is_app => {
                 self.app_unreachable.store(true, Ordering::Relaxed)
             }
-            Err(_) => {}
+            _ => {}
         }
         let (exit, tail) = match &result {
             Ok(o) => (o.status, Some(o.stderr_tail())),
@@ -348,6 +402,41 @@ async fn begin<'a>(
     }))
 }
 
+/// Starts an operation without image or idempotency key (env_sync, ...)
+/// under the (project, environment) lock.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn begin_op<'a>(
+    ctx: &'a Ctx,
+    operation: &'static str,
+    project: &str,
+    environment: Environment,
+    caller: &Caller,
+    progress: ProgressTx,
+    total: u32,
+    abort: CancellationToken,
+) -> Result<Op<'a>, OpError> {
+    match begin(
+        ctx,
+        operation,
+        project,
+        environment,
+        None,
+        None,
+        None,
+        caller,
+        progress,
+        total,
+        abort,
+    )
+    .await?
+    {
+        Ok(op) => Ok(op),
+        Err(existing) => Err(OpError::Refused(format!(
+            "operation {existing} already exists for this request"
+        ))),
+    }
+}
+
 /// Puts a crashed operation's leftovers in line with the database: a
 /// container the crashed deploy started but never recorded is removed, and
 /// the routes are rebuilt from the recorded slot states.
@@ -453,6 +542,8 @@ pub struct DeployOutcome {
     pub warnings: Vec<String>,
     /// True when this is an earlier deployment returned for the same idempotency key.
     pub replayed: bool,
+    /// Env version the container runs with (None: the environment has no variables).
+    pub env_version: Option<i32>,
 }
 
 /// Either a plan (dry run) or what was done.
@@ -554,7 +645,7 @@ pub async fn deploy(
         plan.slot, plan.port
     ));
     match apply_deploy(&mut op, &plan, image).await {
-        Ok(health) => {
+        Ok((health, env_version)) => {
             let outcome = DeployOutcome {
                 deployment_id: op.id,
                 slot: plan.slot,
@@ -564,6 +655,7 @@ pub async fn deploy(
                 health,
                 warnings: plan.warnings.clone(),
                 replayed: false,
+                env_version,
             };
             op.phase("deployed");
             let result = serde_json::to_value(&outcome).ok();
@@ -629,6 +721,8 @@ impl<'de> serde::Deserialize<'de> for DeployOutcome {
             health: String,
             #[serde(default)]
             warnings: Vec<String>,
+            #[serde(default)]
+            env_version: Option<i32>,
         }
         let r = Raw::deserialize(d)?;
         Ok(DeployOutcome {
@@ -640,6 +734,7 @@ impl<'de> serde::Deserialize<'de> for DeployOutcome {
             health: r.health,
             warnings: r.warnings,
             replayed: false,
+            env_version: r.env_version,
         })
     }
 }
@@ -654,9 +749,26 @@ async fn apply_deploy(
     op: &mut Op<'_>,
     plan: &DeployPlan,
     image: &str,
-) -> Result<String, StepFailure> {
+) -> Result<(String, Option<i32>), StepFailure> {
     let view = op.row.view.clone();
     let mut health = String::new();
+    // The container runs with the latest env version, synced now: the app
+    // file is always rewritten (what runs is what the file says), the
+    // backup copy once per version.
+    let env = crate::ops::env::latest_rendered(
+        op.ctx,
+        op.row.project_id,
+        &view.project,
+        view.environment,
+    )
+    .await
+    .map_err(|e| fail("env", e.to_string()))?;
+    if let Some(r) = &env {
+        op.set_env_version(r.version).await;
+    }
+    let env_file = env
+        .as_ref()
+        .map(|_| crate::plan::envvars::app_env_path(&view.project, view.environment));
     // The old container of the target slot goes while the image is pulled:
     // any failure cleans the target slot anyway, so doing it early loses
     // nothing and takes its time off the deploy.
@@ -673,17 +785,24 @@ async fn apply_deploy(
             DeployStep::Pull { image } => {
                 op.phase(format!("pulling {image}"));
                 let cmd = podman::pull(image).map_err(|e| fail("pull", e.0))?;
+                let env_write = sync_env_for_deploy(op, env.as_ref());
                 match &early_remove {
                     Some(container) => {
                         let rm = podman::rm_force(container).map_err(|e| fail("remove", e.0))?;
-                        let (pulled, gone) =
-                            tokio::join!(op.run_ok("pull", &cmd), op.run_ok("remove_old", &rm));
+                        let (pulled, gone, written) = tokio::join!(
+                            op.run_ok("pull", &cmd),
+                            op.run_ok("remove_old", &rm),
+                            env_write
+                        );
                         pulled.map_err(|e| fail("pull", e))?;
                         gone.map_err(|e| fail("remove", e))?;
+                        written?;
                         removed = true;
                     }
                     None => {
-                        op.run_ok("pull", &cmd).await.map_err(|e| fail("pull", e))?;
+                        let (pulled, written) = tokio::join!(op.run_ok("pull", &cmd), env_write);
+                        pulled.map_err(|e| fail("pull", e))?;
+                        written?;
                     }
                 }
             }
@@ -727,6 +846,10 @@ async fn apply_deploy(
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
+                let env_secrets = match &env {
+                    Some(r) => env_secrets_for_run(op, container, r).await?,
+                    None => Vec::new(),
+                };
                 let spec = RunSpec {
                     name: container.clone(),
                     image: image.clone(),
@@ -736,7 +859,8 @@ async fn apply_deploy(
                     container_port: view.container_port,
                     memory: view.memory.clone(),
                     cpus: view.cpus.clone(),
-                    env_file: None,
+                    env_file: env_file.clone(),
+                    env_secrets,
                 };
                 let cmd = podman::run(&spec).map_err(|e| fail("run", e.0))?;
                 op.run_ok("run", &cmd).await.map_err(|e| fail("run", e))?;
@@ -777,10 +901,111 @@ async fn apply_deploy(
                 )
                 .await
                 .map_err(|e| fail("record", e.to_string()))?;
+                slots::slot_set_env_version(
+                    pool,
+                    op.row.project_id,
+                    op.env(),
+                    plan.slot.as_str(),
+                    env.as_ref().map(|r| r.version),
+                )
+                .await
+                .map_err(|e| fail("record", e.to_string()))?;
             }
         }
     }
-    Ok(health)
+    Ok((health, env.as_ref().map(|r| r.version)))
+}
+
+/// Writes the env file a deploy runs with (and, for a version never synced,
+/// the backup copy), journaled as `env_app` / `env_backup`.
+async fn sync_env_for_deploy(
+    op: &Op<'_>,
+    env: Option<&crate::ops::env::Rendered>,
+) -> Result<(), StepFailure> {
+    let Some(r) = env else { return Ok(()) };
+    let view = &op.row.view;
+    let app = op.server(ServerRole::App).map_err(|e| fail("env", e))?;
+    let app_path = crate::plan::envvars::app_env_path(&view.project, view.environment);
+    let write_app = crate::ops::env::write_remote(
+        &app_path,
+        r.file.clone().into_bytes(),
+        "env_app",
+        |step, cmd| {
+            let app = app.clone();
+            async move { op.run_on(&app, &step, &cmd).await }
+        },
+    );
+    if r.synced {
+        return write_app.await.map_err(|e| fail("env", e));
+    }
+    let backup = op.server(ServerRole::Backup).map_err(|e| fail("env", e))?;
+    let backup_path =
+        crate::plan::envvars::backup_env_path(&view.project, view.environment, r.version);
+    let write_backup = crate::ops::env::write_remote(
+        &backup_path,
+        r.file.clone().into_bytes(),
+        "env_backup",
+        |step, cmd| {
+            let backup = backup.clone();
+            async move { op.run_on(&backup, &step, &cmd).await }
+        },
+    );
+    let (a, b) = tokio::join!(write_app, write_backup);
+    a.map_err(|e| fail("env", e))?;
+    b.map_err(|e| fail("env", e))?;
+    if let Ok(pool) = op.ctx.db.pool().await {
+        let _ = crate::state::envvars::mark_synced(
+            pool,
+            op.row.project_id,
+            view.environment.as_str(),
+            r.version,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Values with line breaks reach the container as podman secrets: this
+/// container's old env secrets go, the current ones are created from
+/// stdin. Returns (secret, variable) pairs for `podman run`.
+async fn env_secrets_for_run(
+    op: &Op<'_>,
+    container: &str,
+    env: &crate::ops::env::Rendered,
+) -> Result<Vec<(String, String)>, StepFailure> {
+    use crate::plan::envvars::{needs_secret, secret_name, secret_prefix};
+    let multi: Vec<(&String, &String)> = env.vars.iter().filter(|(_, v)| needs_secret(v)).collect();
+    if multi.is_empty() {
+        return Ok(Vec::new());
+    }
+    let listed = op
+        .run_ok("env_secrets_list", &podman::secret_names())
+        .await
+        .map_err(|e| fail("env_secrets", e))?;
+    let prefix = secret_prefix(container);
+    let old: Vec<String> = listed
+        .stdout_text()
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_string)
+        .collect();
+    if !old.is_empty() {
+        let rm = podman::secret_rm(&old).map_err(|e| fail("env_secrets", e.0))?;
+        op.run_ok("env_secrets_remove", &rm)
+            .await
+            .map_err(|e| fail("env_secrets", e))?;
+    }
+    let mut pairs = Vec::new();
+    for (k, v) in multi {
+        let name = secret_name(container, k);
+        let cmd = podman::secret_create(&name, v.clone().into_bytes())
+            .map_err(|e| fail("env_secrets", e.0))?;
+        op.run_ok("env_secret_create", &cmd)
+            .await
+            .map_err(|e| fail("env_secrets", e))?;
+        pairs.push((name, k.clone()));
+    }
+    Ok(pairs)
 }
 
 /// Probes the slot directly until it answers 200 or the deadline passes.
@@ -966,6 +1191,10 @@ pub struct SwitchOutcome {
     pub hosts: Vec<String>,
     /// Milliseconds from the PATCH to the first confirmed answer from the new slot.
     pub switch_visible_ms: u64,
+    /// Env versions: (the slot losing traffic, the slot receiving it).
+    pub env_versions: (Option<i32>, Option<i32>),
+    /// Env keys that differ between the two (names and fingerprints only).
+    pub env_changes: Vec<crate::plan::envvars::KeyChange>,
 }
 
 /// promote (DESIGN §2).
@@ -1092,7 +1321,18 @@ async fn switch(
                 )
                 .await;
             }
+            let from_env = plan.from.and_then(|s| op.row.view.slot(s).env_version);
+            let to_env = op.row.view.slot(plan.to).env_version;
+            let env_changes = if plan.from.is_some() {
+                crate::ops::env::version_diff(ctx, op.row.project_id, environment, from_env, to_env)
+                    .await
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             let outcome = SwitchOutcome {
+                env_versions: (from_env, to_env),
+                env_changes,
                 deployment_id: op.id,
                 active: plan.to,
                 port: plan.to_port,

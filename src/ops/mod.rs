@@ -35,16 +35,23 @@ pub struct Ctx {
     pub app_network_ready: std::sync::atomic::AtomicBool,
     /// The PowerDNS API client last handed out (see `pdns::pdns_client`).
     pub pdns: pdns::PdnsCache,
+    /// The env master key, when configured (config validation checked it).
+    pub env_key: Option<Arc<env::EnvKey>>,
 }
 
 impl Ctx {
     /// Context from config; opens no connection.
     pub fn new(config: Config) -> Self {
         // codeb's own credentials never appear in output.
-        for secret in [config.database_password(), config.pdns_api_key()]
-            .into_iter()
-            .flatten()
-            .flatten()
+        for secret in [
+            config.database_password(),
+            config.pdns_api_key(),
+            config.redis_admin_password(),
+            config.master_key_text(),
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
         {
             redact::register(&secret);
         }
@@ -55,6 +62,10 @@ impl Ctx {
 
     /// Context from given parts (tests use a fake fleet).
     pub fn from_parts(config: Config, fleet: Fleet, db: Db) -> Self {
+        let env_key = env::EnvKey::from_config(&config)
+            .ok()
+            .flatten()
+            .map(Arc::new);
         Self {
             config: Arc::new(config),
             fleet,
@@ -67,6 +78,7 @@ impl Ctx {
             ),
             pdns: pdns::PdnsCache::default(),
             app_network_ready: std::sync::atomic::AtomicBool::new(false),
+            env_key,
         }
     }
 

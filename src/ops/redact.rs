@@ -1,32 +1,79 @@
 //! Scrubbing of secret values from text that leaves codeb (logs, errors,
-//! journals). Env values arrive with issue [3]; until then the only
-//! secrets codeb holds are its own credentials.
+//! journals): codeb's own credentials and every env value it has seen
+//! are registered here; `redact` replaces them, and the log writer runs
+//! every log line through it.
 
+use std::io::Write;
 use std::sync::RwLock;
 
-static SECRETS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+use aho_corasick::AhoCorasick;
 
-/// Registers a value that must never appear in output (at least 6 bytes:
-/// shorter values would scrub ordinary words).
+/// Shortest value registered: shorter ones would scrub ordinary words.
+pub const MIN_SECRET_LEN: usize = 6;
+
+struct Secrets {
+    values: Vec<String>,
+    matcher: Option<AhoCorasick>,
+}
+
+static SECRETS: RwLock<Secrets> = RwLock::new(Secrets {
+    values: Vec::new(),
+    matcher: None,
+});
+
+/// Registers a value that must never appear in output (at least
+/// `MIN_SECRET_LEN` bytes).
 pub fn register(secret: &str) {
-    if secret.len() >= 6 {
-        let mut s = SECRETS.write().expect("redact lock");
-        if !s.iter().any(|x| x == secret) {
-            s.push(secret.to_string());
-        }
+    if secret.len() < MIN_SECRET_LEN {
+        return;
     }
+    if SECRETS
+        .read()
+        .expect("redact lock")
+        .values
+        .iter()
+        .any(|x| x == secret)
+    {
+        return;
+    }
+    let mut s = SECRETS.write().expect("redact lock");
+    if s.values.iter().any(|x| x == secret) {
+        return;
+    }
+    s.values.push(secret.to_string());
+    // Longest first, so a secret containing another is replaced whole.
+    let mut patterns = s.values.clone();
+    patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    s.values = patterns;
+    s.matcher = AhoCorasick::builder()
+        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+        .build(&s.values)
+        .ok();
 }
 
 /// `text` with every registered secret replaced by `[redacted]`.
 pub fn redact(text: &str) -> String {
     let s = SECRETS.read().expect("redact lock");
-    let mut out = text.to_string();
-    for secret in s.iter() {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), "[redacted]");
-        }
+    match &s.matcher {
+        Some(m) if m.is_match(text) => m.replace_all(text, &vec!["[redacted]"; s.values.len()]),
+        _ => text.to_string(),
     }
-    out
+}
+
+/// A log writer (stderr) that redacts each formatted event before writing
+/// it; tracing writes one event per `write_all`.
+pub struct RedactingStderr;
+
+impl Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 #[cfg(test)]
@@ -37,6 +84,14 @@ mod tests {
     fn registered_values_are_scrubbed() {
         register("canary-redact-1234");
         register("abc");
+        register("canary-redact-1234-longer");
         assert_eq!(redact("x canary-redact-1234 y abc"), "x [redacted] y abc");
+        assert_eq!(
+            redact("canary-redact-1234-longer!"),
+            "[redacted]!",
+            "the longer secret wins"
+        );
+        let mut w = RedactingStderr;
+        assert_eq!(w.write(b"canary-redact-1234\n").unwrap(), 19);
     }
 }

@@ -7,6 +7,7 @@ pub mod cmd;
 pub mod deploy;
 pub mod dns;
 pub mod env;
+pub mod envvars;
 pub mod files;
 pub mod health;
 pub mod podman;

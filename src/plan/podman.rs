@@ -503,6 +503,9 @@ pub struct RunSpec {
     pub cpus: String,
     /// Absolute path of the env file on the server, if any.
     pub env_file: Option<String>,
+    /// podman secrets exposed as environment variables: (secret name,
+    /// variable name). Values with line breaks travel this way.
+    pub env_secrets: Vec<(String, String)>,
 }
 
 /// Starts a slot's container, detached:
@@ -530,6 +533,10 @@ pub fn run(spec: &RunSpec) -> Result<RemoteCmd, Invalid> {
     if let Some(f) = &spec.env_file {
         validate_remote_path(f)?;
     }
+    for (secret, var) in &spec.env_secrets {
+        validate_secret_name(secret)?;
+        crate::plan::envvars::validate_key(var)?;
+    }
     let mut c = RemoteCmd::new("podman")
         .args(["run", "-d", "--name"])
         .arg(spec.name.clone());
@@ -551,6 +558,11 @@ pub fn run(spec: &RunSpec) -> Result<RemoteCmd, Invalid> {
     if let Some(f) = &spec.env_file {
         c = c.arg("--env-file").arg(f.clone());
     }
+    for (secret, var) in &spec.env_secrets {
+        c = c
+            .arg("--secret")
+            .arg(format!("{secret},type=env,target={var}"));
+    }
     Ok(
         c.args(["--restart", RESTART_POLICY, "--pull", "never", "--log-opt"])
             .arg(format!("max-size={LOG_MAX_SIZE}"))
@@ -558,6 +570,57 @@ pub fn run(spec: &RunSpec) -> Result<RemoteCmd, Invalid> {
             .arg(spec.image.clone())
             .timeout(RUN_TIMEOUT),
     )
+}
+
+/// Checks a podman secret name: a container name, `-env-`, a variable
+/// name (what `envvars::secret_name` makes), at most 253 bytes.
+pub fn validate_secret_name(name: &str) -> Result<(), Invalid> {
+    let ok = name.len() <= 253
+        && name.split_once("-env-").is_some_and(|(container, key)| {
+            validate_container_name(container).is_ok()
+                && crate::plan::envvars::validate_key(key).is_ok()
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "podman secret name {} is invalid",
+            describe_input(name)
+        )))
+    }
+}
+
+/// Creates a secret from stdin: `podman secret create -- NAME -`; the value
+/// travels only as the command's stdin.
+pub fn secret_create(name: &str, value: Vec<u8>) -> Result<RemoteCmd, Invalid> {
+    validate_secret_name(name)?;
+    Ok(RemoteCmd::new("podman")
+        .args(["secret", "create", "--"])
+        .arg(name)
+        .arg("-")
+        .stdin(value)
+        .timeout(RM_TIMEOUT))
+}
+
+/// Lists secret names, one per line: `podman secret ls --format {{.Name}}`.
+pub fn secret_names() -> RemoteCmd {
+    RemoteCmd::new("podman")
+        .args(["secret", "ls", "--format", "{{.Name}}"])
+        .timeout(RM_TIMEOUT)
+}
+
+/// Removes secrets: `podman secret rm -- NAME...` (all must exist).
+pub fn secret_rm(names: &[String]) -> Result<RemoteCmd, Invalid> {
+    if names.is_empty() {
+        return Err(Invalid("no secret to remove".into()));
+    }
+    for n in names {
+        validate_secret_name(n)?;
+    }
+    Ok(RemoteCmd::new("podman")
+        .args(["secret", "rm", "--"])
+        .args(names.iter().cloned())
+        .timeout(RM_TIMEOUT))
 }
 
 /// The last `tail` lines of a container's log (1..=`LOGS_MAX_TAIL`):
@@ -705,6 +768,7 @@ mod tests {
             memory: "512m".into(),
             cpus: "1".into(),
             env_file: Some("/opt/codeb/env/shop/.env.production".into()),
+            env_secrets: vec![("shop-production-blue-env-TLS_KEY".into(), "TLS_KEY".into())],
         }
     }
 
@@ -781,6 +845,8 @@ mod tests {
                 "1",
                 "--env-file",
                 "/opt/codeb/env/shop/.env.production",
+                "--secret",
+                "shop-production-blue-env-TLS_KEY,type=env,target=TLS_KEY",
                 "--restart",
                 "always",
                 "--pull",
@@ -822,12 +888,63 @@ mod tests {
             ("memory", |s| s.memory = "lots".into()),
             ("cpus", |s| s.cpus = "-1".into()),
             ("env file", |s| s.env_file = Some("env".into())),
+            ("secret name", |s| {
+                s.env_secrets = vec![("x,type=mount".into(), "A".into())]
+            }),
+            ("secret target", |s| {
+                s.env_secrets = vec![("shop-production-blue-env-A".into(), "A,x".into())]
+            }),
         ];
         for (what, f) in cases {
             let mut s = spec();
             f(&mut s);
             assert!(run(&s).is_err(), "{what}");
         }
+    }
+
+    #[test]
+    fn golden_secrets() {
+        let c = secret_create("shop-production-blue-env-PEM", b"a\nb".to_vec()).unwrap();
+        assert_eq!(
+            c.argv(),
+            vec![
+                "podman",
+                "secret",
+                "create",
+                "--",
+                "shop-production-blue-env-PEM",
+                "-"
+            ]
+        );
+        assert_eq!(c.stdin.as_deref(), Some(&b"a\nb"[..]));
+        assert!(!format!("{c:?}").contains("a\\nb"));
+        assert_eq!(
+            secret_rm(&["shop-production-blue-env-PEM".into()])
+                .unwrap()
+                .argv(),
+            vec![
+                "podman",
+                "secret",
+                "rm",
+                "--",
+                "shop-production-blue-env-PEM"
+            ]
+        );
+        assert_eq!(
+            secret_names().argv(),
+            vec!["podman", "secret", "ls", "--format", "{{.Name}}"]
+        );
+        for bad in [
+            "",
+            "-x",
+            "shop",
+            "shop-production-blue-env-",
+            "shop-production-blue-env-1A",
+            "x,type=mount",
+        ] {
+            assert!(secret_create(bad, vec![]).is_err(), "{bad}");
+        }
+        assert!(secret_rm(&[]).is_err());
     }
 
     #[test]

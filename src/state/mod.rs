@@ -2,6 +2,7 @@
 //! file per noun. No business rules here.
 
 pub mod deployments;
+pub mod envvars;
 pub mod projects;
 pub mod slots;
 

@@ -183,6 +183,26 @@ pub async fn slot_set(
     Ok(())
 }
 
+/// Records the env version a slot's container runs with (None: no env).
+pub async fn slot_set_env_version(
+    pool: &PgPool,
+    project_id: i64,
+    environment: &str,
+    slot: &str,
+    env_version: Option<i32>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE slots SET env_version = $4 WHERE project_id = $1 AND environment = $2 AND slot = $3",
+    )
+    .bind(project_id)
+    .bind(environment)
+    .bind(slot)
+    .bind(env_version)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// The state flip of a switch, in one short transaction: `from` first
 /// (it may hold the one active row), then `to` becomes active.
 #[allow(clippy::too_many_arguments)]

@@ -117,6 +117,8 @@ pub async fn stdio_client() -> RunningService<RoleClient, ()> {
 pub struct HttpServer {
     /// `http://127.0.0.1:PORT/mcp`
     pub url: String,
+    /// Everything codeb wrote to stderr (its log) so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
     child: tokio::process::Child,
 }
 
@@ -153,9 +155,18 @@ impl HttpServer {
         })
         .await
         .expect("codeb listens within 30 s");
-        // Keep draining stderr so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { url, child }
+        // Keep draining stderr (kept as the log) so the child never blocks
+        // on a full pipe.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        Self { url, log, child }
     }
 
     /// Kills codeb with SIGKILL — no shutdown of any kind, as in a crash —

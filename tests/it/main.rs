@@ -7,6 +7,7 @@ mod caddy;
 mod cli;
 mod common;
 mod db;
+mod env;
 mod faults;
 mod files;
 mod lifecycle;

@@ -86,6 +86,7 @@ async fn pull_network_run_probe_logs_rm() {
                 memory: "64m".into(),
                 cpus: "0.5".into(),
                 env_file: Some(env_file.clone()),
+                env_secrets: Vec::new(),
             };
             // Replacing a slot starts with removing whatever holds the name.
             run_ok(&*remote, &rm_force(&name).unwrap()).await;
