@@ -5,6 +5,8 @@
 // of 2025-06-18 and 2025-11-25, which codeb serves too.
 #![allow(deprecated)]
 
+pub mod backup_create;
+pub mod backup_list;
 pub mod compact;
 pub mod deploy;
 pub mod deployment_list;
@@ -97,6 +99,8 @@ impl CodebServer {
             + Self::slot_cleanup_router()
             + Self::deployment_list_router()
             + Self::logs_router()
+            + Self::backup_create_router()
+            + Self::backup_list_router()
     }
 
     /// The router, for sharing between sessions.
