@@ -588,3 +588,106 @@ pub fn human_bytes(n: u64) -> String {
     }
     format!("{v:.1} {}", UNITS[unit])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StorageConfig;
+    use crate::exec::fake::{FakeAnswer, FakeRemote};
+    use chrono::TimeZone;
+
+    fn commands() -> (RemoteCmd, RemoteCmd) {
+        let paths = plan::backup_paths(
+            "shop",
+            Environment::Production,
+            Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 5).unwrap(),
+            Uuid::nil(),
+        )
+        .unwrap();
+        (
+            plan::pg_dump(&StorageConfig::default(), "shop_production").unwrap(),
+            plan::write_partial(&paths).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn streams_the_dump_into_the_writer_counting_and_hashing() {
+        let dump: String = (0..200_000u32)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let storage = FakeRemote::new(
+            "storage",
+            vec![("runuser", FakeAnswer::Output(0, dump.clone()))],
+        );
+        let backup = FakeRemote::new("backup", vec![]);
+        let (dump_cmd, write_cmd) = commands();
+        let (size, sha) = stream_dump(&storage, &dump_cmd, &backup, &write_cmd, &mut |_| {})
+            .await
+            .map_err(|f| f.message)
+            .unwrap();
+        assert_eq!(size, dump.len() as u64);
+        assert_eq!(sha, hex::encode(Sha256::digest(dump.as_bytes())));
+        assert_eq!(backup.streamed_stdin.lock().unwrap()[0], dump.as_bytes());
+        assert_eq!(storage.calls.lock().unwrap()[0], dump_cmd.argv());
+        assert_eq!(backup.calls.lock().unwrap()[0], write_cmd.argv());
+    }
+
+    #[tokio::test]
+    async fn a_failing_dump_names_the_step_and_pg_dump_stderr() {
+        let storage = FakeRemote::new(
+            "storage",
+            vec![(
+                "runuser",
+                FakeAnswer::Stderr(
+                    1,
+                    "could not change directory to \"/root\": Permission denied\npg_dump: error: database \"shop_production\" is not currently accepting connections".into(),
+                ),
+            )],
+        );
+        let backup = FakeRemote::new("backup", vec![]);
+        let (dump_cmd, write_cmd) = commands();
+        let f = stream_dump(&storage, &dump_cmd, &backup, &write_cmd, &mut |_| {})
+            .await
+            .err()
+            .expect("fails");
+        assert_eq!(f.step, "dumping the database");
+        assert_eq!(
+            f.message,
+            "`pg_dump` exited with 1: pg_dump: error: database \"shop_production\" is not currently accepting connections"
+        );
+        // A writer that fails is reported as the write step.
+        let storage = FakeRemote::new(
+            "storage",
+            vec![("runuser", FakeAnswer::Output(0, "PGDMP".into()))],
+        );
+        let backup = FakeRemote::new(
+            "backup",
+            vec![(
+                "install",
+                FakeAnswer::Stderr(1, "No space left on device".into()),
+            )],
+        );
+        let f = stream_dump(&storage, &dump_cmd, &backup, &write_cmd, &mut |_| {})
+            .await
+            .err()
+            .expect("fails");
+        assert_eq!(f.step, "writing the dump");
+        assert!(f.message.contains("No space left"), "{}", f.message);
+        // An unreachable backup server stops before the dump starts.
+        let backup = FakeRemote::new("backup", vec![("install", FakeAnswer::Unreachable)]);
+        let storage = FakeRemote::new("storage", vec![]);
+        let f = stream_dump(&storage, &dump_cmd, &backup, &write_cmd, &mut |_| {})
+            .await
+            .err()
+            .expect("fails");
+        assert_eq!(f.step, "writing the dump");
+        assert!(storage.calls.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 << 20), "5.0 MiB");
+    }
+}
