@@ -648,8 +648,7 @@ mod tests {
         let (dump_cmd, write_cmd) = commands();
         let f = stream_dump(&storage, &dump_cmd, &backup, &write_cmd, &mut |_| {})
             .await
-            .err()
-            .expect("fails");
+            .expect_err("fails");
         assert_eq!(f.step, "dumping the database");
         assert_eq!(
             f.message,
@@ -669,8 +668,7 @@ mod tests {
         );
         let f = stream_dump(&storage, &dump_cmd, &backup, &write_cmd, &mut |_| {})
             .await
-            .err()
-            .expect("fails");
+            .expect_err("fails");
         assert_eq!(f.step, "writing the dump");
         assert!(f.message.contains("No space left"), "{}", f.message);
         // An unreachable backup server stops before the dump starts.
@@ -678,8 +676,7 @@ mod tests {
         let storage = FakeRemote::new("storage", vec![]);
         let f = stream_dump(&storage, &dump_cmd, &backup, &write_cmd, &mut |_| {})
             .await
-            .err()
-            .expect("fails");
+            .expect_err("fails");
         assert_eq!(f.step, "writing the dump");
         assert!(storage.calls.lock().unwrap().is_empty());
     }

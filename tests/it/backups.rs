@@ -51,10 +51,15 @@ async fn create_database(admin: &mut PgConnection, name: &str) {
     }
 }
 
+/// Drops database `name` if it exists; a failure is reported, not fatal
+/// (it only leaves a test database behind).
 async fn drop_database(admin: &mut PgConnection, name: &str) {
-    let _ = admin
+    if let Err(e) = admin
         .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await;
+        .await
+    {
+        eprintln!("could not drop test database {name}: {e}");
+    }
 }
 
 /// Runs a program on a testbed host over SSH with the testbed key.
@@ -167,6 +172,9 @@ async fn backup_create_streams_a_verified_dump_that_restores() {
         took.as_millis(),
         progress.len()
     );
+    for n in &progress {
+        eprintln!("  {:.3} {}", n.progress, n.message.as_deref().unwrap_or(""));
+    }
     assert!(v["summary"].as_str().unwrap().contains("verified"), "{v}");
     assert!(
         path.starts_with(&format!("/opt/codeb/backups/{p}/production/")) && path.ends_with(".dump"),
