@@ -9,4 +9,4 @@ pub mod remote;
 pub mod ssh;
 
 pub use fleet::Fleet;
-pub use remote::{CmdOutput, ExecError, Remote};
+pub use remote::{CmdOutput, ExecError, Remote, RunningCmd, StreamExit};

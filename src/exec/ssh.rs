@@ -14,10 +14,13 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use openssh::{ForwardType, KnownHosts, Session, SessionBuilder};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{ServerConfig, SshConfig};
-use crate::exec::remote::{effective_timeout, write_stdin, CmdOutput, ExecError, Remote};
+use crate::exec::remote::{
+    discard, effective_timeout, read_tail, tail_text, write_stdin, CmdOutput, ExecError, Remote,
+    RunningCmd, StreamExit, StreamReader, StreamWriter,
+};
 use crate::plan::cmd::RemoteCmd;
 
 /// Extra time the remote `timeout` gives a command after TERM before KILL.
@@ -44,8 +47,8 @@ pub struct SshRemote {
     builder: SessionBuilder,
     connect_timeout: Duration,
     command_timeout: Duration,
-    session: Mutex<Option<Arc<Session>>>,
-    channels: Semaphore,
+    session: Arc<Mutex<Option<Arc<Session>>>>,
+    channels: Arc<Semaphore>,
     forwards: Mutex<Forwards>,
 }
 
@@ -73,8 +76,8 @@ impl SshRemote {
             builder: b,
             connect_timeout: ssh.connect_timeout(),
             command_timeout: ssh.command_timeout(),
-            session: Mutex::new(None),
-            channels: Semaphore::new(ssh.max_channels),
+            session: Arc::new(Mutex::new(None)),
+            channels: Arc::new(Semaphore::new(ssh.max_channels)),
             forwards: Mutex::new(Forwards::default()),
         }
     }
@@ -113,10 +116,7 @@ impl SshRemote {
 
     /// Drops the master so the next command reconnects.
     async fn invalidate(&self, seen: &Arc<Session>) {
-        let mut guard = self.session.lock().await;
-        if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, seen)) {
-            guard.take();
-        }
+        invalidate(&self.session, seen).await;
     }
 
     /// Asks the master to listen on a free local port and forward it to
@@ -167,6 +167,115 @@ impl SshRemote {
     }
 }
 
+/// Forgets the master `seen` if it is still the current one.
+async fn invalidate(current: &Mutex<Option<Arc<Session>>>, seen: &Arc<Session>) {
+    let mut guard = current.lock().await;
+    if guard.as_ref().is_some_and(|s| Arc::ptr_eq(s, seen)) {
+        guard.take();
+    }
+}
+
+/// The remote `timeout` wrapper every command runs in: it stops the
+/// command on the server even when this side gives up.
+fn remote_command(
+    session: &Arc<Session>,
+    cmd: &RemoteCmd,
+    limit: Duration,
+) -> openssh::OwningCommand<Arc<Session>> {
+    let mut c = Session::to_command(session.clone(), "timeout");
+    c.arg(format!("--kill-after={REMOTE_KILL_AFTER_SECS}"))
+        .arg(limit.as_secs().max(1).to_string())
+        .arg(cmd.program)
+        .args(&cmd.args);
+    c
+}
+
+/// The local bound of a command with remote limit `limit`.
+fn local_limit(limit: Duration) -> Duration {
+    limit + Duration::from_secs(REMOTE_KILL_AFTER_SECS) + LOCAL_MARGIN
+}
+
+/// A remote command with streamed stdio over the master.
+struct SshRunning {
+    server: String,
+    program: &'static str,
+    limit: Duration,
+    started: tokio::time::Instant,
+    child: openssh::Child<Arc<Session>>,
+    stdout: Option<openssh::ChildStdout>,
+    stdin: Option<openssh::ChildStdin>,
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+    session_slot: Arc<Mutex<Option<Arc<Session>>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait]
+impl RunningCmd for SshRunning {
+    fn take_stdout(&mut self) -> Option<StreamReader> {
+        self.stdout.take().map(|s| Box::new(s) as StreamReader)
+    }
+
+    fn take_stdin(&mut self) -> Option<StreamWriter> {
+        self.stdin.take().map(|s| Box::new(s) as StreamWriter)
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        self.started + local_limit(self.limit)
+    }
+
+    async fn wait(mut self: Box<Self>) -> Result<StreamExit, ExecError> {
+        drop(self.stdin.take());
+        let deadline = self.deadline();
+        let stdout = self.stdout.take();
+        let SshRunning {
+            server,
+            program,
+            limit,
+            started,
+            child,
+            mut stderr,
+            session_slot,
+            ..
+        } = *self;
+        let session = child.session();
+        let waited = async {
+            let (_, status) = tokio::join!(discard(stdout), child.wait());
+            status
+        };
+        match tokio::time::timeout_at(deadline, waited).await {
+            Ok(Ok(status)) => Ok(StreamExit {
+                status: status.code(),
+                stderr_tail: tail_text(&(&mut stderr).await.unwrap_or_default()),
+                duration: started.elapsed(),
+            }),
+            Ok(Err(e)) => {
+                let dead = session.check().await.is_err();
+                if dead {
+                    invalidate(&session_slot, &session).await;
+                    Err(ExecError::Unreachable {
+                        server,
+                        message: error_chain(&e),
+                    })
+                } else {
+                    Err(ExecError::Transport {
+                        server,
+                        program: program.to_string(),
+                        message: error_chain(&e),
+                    })
+                }
+            }
+            Err(_) => {
+                invalidate(&session_slot, &session).await;
+                Err(ExecError::Timeout {
+                    server,
+                    program: program.to_string(),
+                    secs: limit.as_secs(),
+                })
+            }
+        }
+    }
+}
+
 /// A loopback address whose port was free a moment ago (bound to port 0 and
 /// released): the master binds it next.
 fn free_loopback_port() -> std::io::Result<SocketAddr> {
@@ -202,18 +311,14 @@ impl Remote for SshRemote {
         let session = self.session().await?;
         // The remote `timeout` stops the command on the server even when
         // this side gives up; the local bound covers a dead link.
-        let mut c = Session::to_command(session.clone(), "timeout");
-        c.arg(format!("--kill-after={REMOTE_KILL_AFTER_SECS}"))
-            .arg(limit.as_secs().max(1).to_string())
-            .arg(cmd.program)
-            .args(&cmd.args)
-            .stdin(if cmd.stdin.is_some() {
-                openssh::Stdio::piped()
-            } else {
-                openssh::Stdio::null()
-            })
-            .stdout(openssh::Stdio::piped())
-            .stderr(openssh::Stdio::piped());
+        let mut c = remote_command(&session, cmd, limit);
+        c.stdin(if cmd.stdin.is_some() {
+            openssh::Stdio::piped()
+        } else {
+            openssh::Stdio::null()
+        })
+        .stdout(openssh::Stdio::piped())
+        .stderr(openssh::Stdio::piped());
         let io = async {
             let mut child = c.spawn().await?;
             let writer = child.stdin().take();
@@ -226,8 +331,7 @@ impl Remote for SshRemote {
             );
             out
         };
-        let local_limit = limit + Duration::from_secs(REMOTE_KILL_AFTER_SECS) + LOCAL_MARGIN;
-        match tokio::time::timeout(local_limit, io).await {
+        match tokio::time::timeout(local_limit(limit), io).await {
             Ok(Ok(out)) => Ok(CmdOutput {
                 status: out.status.code(),
                 stdout: out.stdout,
@@ -290,6 +394,64 @@ impl Remote for SshRemote {
         let local = self.open_forward(&session, remote).await?;
         forwards.local.insert(remote, local);
         Ok(local)
+    }
+
+    async fn spawn(&self, cmd: &RemoteCmd) -> Result<Box<dyn RunningCmd>, ExecError> {
+        let limit = effective_timeout(cmd, self.command_timeout);
+        let permit = self
+            .channels
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let started = tokio::time::Instant::now();
+        let session = self.session().await?;
+        let mut c = remote_command(&session, cmd, limit);
+        c.stdin(openssh::Stdio::piped())
+            .stdout(openssh::Stdio::piped())
+            .stderr(openssh::Stdio::piped());
+        let spawned = tokio::time::timeout(self.connect_timeout + LOCAL_MARGIN, c.spawn()).await;
+        let mut child = match spawned {
+            Ok(Ok(child)) => child,
+            Ok(Err(e)) => {
+                let dead = session.check().await.is_err();
+                if dead {
+                    self.invalidate(&session).await;
+                    return Err(ExecError::Unreachable {
+                        server: self.name.clone(),
+                        message: error_chain(&e),
+                    });
+                }
+                return Err(ExecError::Transport {
+                    server: self.name.clone(),
+                    program: cmd.program.to_string(),
+                    message: error_chain(&e),
+                });
+            }
+            Err(_) => {
+                self.invalidate(&session).await;
+                return Err(ExecError::Unreachable {
+                    server: self.name.clone(),
+                    message: format!(
+                        "the SSH master did not open a channel within {} s",
+                        self.connect_timeout.as_secs()
+                    ),
+                });
+            }
+        };
+        let stderr = tokio::spawn(read_tail(child.stderr().take().expect("piped stderr")));
+        Ok(Box::new(SshRunning {
+            server: self.name.clone(),
+            program: cmd.program,
+            limit,
+            started,
+            stdout: child.stdout().take(),
+            stdin: child.stdin().take(),
+            child,
+            stderr,
+            session_slot: self.session.clone(),
+            _permit: permit,
+        }))
     }
 
     async fn close(&self) {

@@ -5,6 +5,8 @@
 // of 2025-06-18 and 2025-11-25, which codeb serves too.
 #![allow(deprecated)]
 
+pub mod backup_create;
+pub mod backup_list;
 pub mod compact;
 pub mod deploy;
 pub mod deployment_list;
@@ -99,6 +101,8 @@ impl CodebServer {
             + Self::deployment_list_router()
             + Self::logs_router()
             + Self::env_router()
+            + Self::backup_create_router()
+            + Self::backup_list_router()
     }
 
     /// The router, for sharing between sessions.

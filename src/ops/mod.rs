@@ -1,6 +1,7 @@
 //! Operations: observe state and servers, plan, apply. Tool handlers call
 //! these; these call `state`, `plan` and `exec`.
 
+pub mod backup;
 pub mod caddy;
 pub mod env;
 pub mod health;

@@ -2,6 +2,7 @@
 //! No async, no I/O, no clock, no randomness — everything here is tested
 //! without a server.
 
+pub mod backup;
 pub mod caddy;
 pub mod cmd;
 pub mod deploy;
