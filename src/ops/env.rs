@@ -155,9 +155,7 @@ impl EnvKey {
             })?;
         let vars: BTreeMap<String, String> = serde_json::from_slice(&plaintext)
             .map_err(|_| format!("env v{} decrypted to malformed data", row.version))?;
-        for v in vars.values() {
-            redact::register(v);
-        }
+        redact::register_all(vars.values().map(String::as_str));
         Ok(vars)
     }
 
@@ -321,9 +319,7 @@ pub async fn set(
     caller: &Caller,
 ) -> Result<EnvSetOutcome, OpError> {
     // Values are secrets from the moment they arrive.
-    for v in change.set.values() {
-        redact::register(v);
-    }
+    redact::register_all(change.set.values().map(String::as_str));
     envvars::validate_change(change, &ctx.config.env.protected_keys, may_change_protected)
         .map_err(|e| OpError::Invalid(e.0))?;
     let t = target(ctx, project, environment).await?;

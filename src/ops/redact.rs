@@ -3,6 +3,7 @@
 //! are registered here; `redact` replaces them, and the log writer runs
 //! every log line through it.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::sync::RwLock;
 
@@ -12,50 +13,59 @@ use aho_corasick::AhoCorasick;
 pub const MIN_SECRET_LEN: usize = 6;
 
 struct Secrets {
-    values: Vec<String>,
+    known: Option<HashSet<String>>,
+    /// Longest first, so a secret containing another is replaced whole.
+    patterns: Vec<String>,
     matcher: Option<AhoCorasick>,
 }
 
 static SECRETS: RwLock<Secrets> = RwLock::new(Secrets {
-    values: Vec::new(),
+    known: None,
+    patterns: Vec::new(),
     matcher: None,
 });
 
 /// Registers a value that must never appear in output (at least
 /// `MIN_SECRET_LEN` bytes).
 pub fn register(secret: &str) {
-    if secret.len() < MIN_SECRET_LEN {
-        return;
-    }
-    if SECRETS
-        .read()
-        .expect("redact lock")
-        .values
-        .iter()
-        .any(|x| x == secret)
-    {
+    register_all([secret]);
+}
+
+/// Registers several values at once (one rebuild of the matcher).
+pub fn register_all<'a>(secrets: impl IntoIterator<Item = &'a str>) {
+    let fresh: Vec<&str> = {
+        let s = SECRETS.read().expect("redact lock");
+        secrets
+            .into_iter()
+            .filter(|v| v.len() >= MIN_SECRET_LEN)
+            .filter(|v| !s.known.as_ref().is_some_and(|k| k.contains(*v)))
+            .collect()
+    };
+    if fresh.is_empty() {
         return;
     }
     let mut s = SECRETS.write().expect("redact lock");
-    if s.values.iter().any(|x| x == secret) {
-        return;
+    let mut added = false;
+    for v in fresh {
+        if s.known.get_or_insert_with(HashSet::new).insert(v.to_string()) {
+            s.patterns.push(v.to_string());
+            added = true;
+        }
     }
-    s.values.push(secret.to_string());
-    // Longest first, so a secret containing another is replaced whole.
-    let mut patterns = s.values.clone();
-    patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    s.values = patterns;
-    s.matcher = AhoCorasick::builder()
-        .match_kind(aho_corasick::MatchKind::LeftmostLongest)
-        .build(&s.values)
-        .ok();
+    if added {
+        s.patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        s.matcher = AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(&s.patterns)
+            .ok();
+    }
 }
 
 /// `text` with every registered secret replaced by `[redacted]`.
 pub fn redact(text: &str) -> String {
     let s = SECRETS.read().expect("redact lock");
     match &s.matcher {
-        Some(m) if m.is_match(text) => m.replace_all(text, &vec!["[redacted]"; s.values.len()]),
+        Some(m) if m.is_match(text) => m.replace_all(text, &vec!["[redacted]"; s.patterns.len()]),
         _ => text.to_string(),
     }
 }
