@@ -10,4 +10,5 @@ pub mod env;
 pub mod files;
 pub mod health;
 pub mod podman;
+pub mod storage;
 pub mod switch;
