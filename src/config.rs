@@ -526,15 +526,29 @@ impl Config {
         }
         if self.storage.pg_os_user.is_empty()
             || self.storage.pg_os_user.starts_with('-')
-            || !self.storage.pg_os_user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !self
+                .storage
+                .pg_os_user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(ConfigError::new("storage.pg_os_user", "must be a plain user name"));
+            return Err(ConfigError::new(
+                "storage.pg_os_user",
+                "must be a plain user name",
+            ));
         }
         if !self.storage.pg_socket_dir.starts_with('/')
-            || !self.storage.pg_socket_dir.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b))
+            || !self
+                .storage
+                .pg_socket_dir
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b))
             || self.storage.pg_socket_dir.contains("..")
         {
-            return Err(ConfigError::new("storage.pg_socket_dir", "must be an absolute plain path"));
+            return Err(ConfigError::new(
+                "storage.pg_socket_dir",
+                "must be an absolute plain path",
+            ));
         }
         for (field, value) in [
             ("routing.route_zone", &self.routing.route_zone),

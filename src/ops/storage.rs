@@ -423,7 +423,14 @@ pub async fn revert_project_storage(ctx: &Ctx, storage: &ProjectStorage) -> Reve
     let mut report = RevertReport::default();
     let users: Vec<&StorageNames> = storage.created.redis_users.iter().collect();
     report.merge(delete_redis_users(ctx, &users).await);
-    report.merge(drop_pg(ctx, &storage.created.pg_databases, &storage.created.pg_roles).await);
+    report.merge(
+        drop_pg(
+            ctx,
+            &storage.created.pg_databases,
+            &storage.created.pg_roles,
+        )
+        .await,
+    );
     report
 }
 
@@ -486,7 +493,9 @@ async fn drop_pg(ctx: &Ctx, databases: &[StorageNames], roles: &[StorageNames]) 
                 report.failed.push(format!("database {} ({e})", n.pg));
             }
             for n in roles {
-                report.failed.push(format!("PostgreSQL role {} ({e})", n.pg));
+                report
+                    .failed
+                    .push(format!("PostgreSQL role {} ({e})", n.pg));
             }
             return report;
         }

@@ -202,7 +202,14 @@ pub fn interpret(expect: &Expect, exit: Option<i32>, stdout: &str, stderr: &str)
                 failed(format!(
                     "expected {}, got {}",
                     wants.join(" or "),
-                    non_empty(if got.is_empty() { first_line(stderr) } else { got }, "nothing")
+                    non_empty(
+                        if got.is_empty() {
+                            first_line(stderr)
+                        } else {
+                            got
+                        },
+                        "nothing"
+                    )
                 ))
             }
         }

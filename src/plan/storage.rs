@@ -606,7 +606,16 @@ mod tests {
         let c = redis_cli_session(6379, Some("s3cret\"pw"), &["PING".to_string()]);
         assert_eq!(
             c.argv(),
-            vec!["redis-cli", "-e", "--json", "-2", "-h", "127.0.0.1", "-p", "6379"]
+            vec![
+                "redis-cli",
+                "-e",
+                "--json",
+                "-2",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "6379"
+            ]
         );
         assert_eq!(
             c.stdin.as_deref(),
@@ -623,10 +632,7 @@ mod tests {
         let r = parse_redis_replies(out);
         assert_eq!(r.len(), 6);
         assert!(r[0].is_ok());
-        assert_eq!(
-            r[1],
-            RedisReply::Value(serde_json::json!(["aclfile", ""]))
-        );
+        assert_eq!(r[1], RedisReply::Value(serde_json::json!(["aclfile", ""])));
         assert_eq!(r[2], RedisReply::Value(serde_json::Value::Null));
         assert_eq!(
             r[3],
@@ -669,7 +675,9 @@ mod tests {
         assert!(v6["REDIS_URL"].contains("@[fd00::12]:6379/"));
 
         let text = env_local_text("shop", Environment::Production, &shop());
-        assert!(text.contains("DATABASE_URL=postgresql://postgres:postgres@localhost:5432/shop_production\n"));
+        assert!(text.contains(
+            "DATABASE_URL=postgresql://postgres:postgres@localhost:5432/shop_production\n"
+        ));
         assert!(text.contains("REDIS_URL=redis://localhost:6379/0\n"));
         assert!(!text.contains("10.77.0.12"));
         for k in PROTECTED_KEYS {
