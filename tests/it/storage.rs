@@ -13,7 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 
 use async_trait::async_trait;
 use codeb::config::Config;
@@ -34,24 +34,97 @@ use super::common::{
     call, error_text, structured, testbed, unique_project, HttpServer, FAULT_LOCK,
 };
 
-/// Runs `body`; then, whether or not it panicked, drops every storage
-/// object named after `projects` (and their rows in `ctx`'s database), so
-/// a failing test leaves nothing on the shared testbed.
-async fn with_cleanup(ctx: &Ctx, projects: &[&str], body: impl Future<Output = ()>) {
-    let result = AssertUnwindSafe(body).catch_unwind().await;
-    for p in projects {
-        let pool = ctx.db.pool().await.expect("state pool");
-        let report = drop_project_storage(ctx, p).await;
-        sqlx::query("DELETE FROM projects WHERE name = $1")
-            .bind(p)
-            .execute(pool)
+/// A fresh state database of codeb's on the testbed's PostgreSQL, so these
+/// tests neither see nor disturb the shared `codeb` database (whose
+/// migrations other branches may be ahead on).
+struct StateDb {
+    name: String,
+    /// URL without password (the config's password file supplies it).
+    url: String,
+    maintenance: sqlx::PgPool,
+}
+
+impl StateDb {
+    async fn create() -> Self {
+        let tb = testbed();
+        let full = tb.database_url();
+        let maintenance_url = format!("{}/postgres", full.rsplit_once('/').unwrap().0);
+        let maintenance = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&maintenance_url)
             .await
-            .ok();
-        if result.is_ok() {
+            .expect("connect to the testbed PostgreSQL");
+        let name = format!(
+            "codeb_st_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&maintenance)
+            .await
+            .expect("create a fresh state database");
+        let base = tb.status["database_url"].as_str().unwrap();
+        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        Self {
+            name,
+            url,
+            maintenance,
+        }
+    }
+
+    /// The testbed config pointed at this database.
+    fn config(&self) -> Config {
+        let mut c = config();
+        c.database.url = self.url.clone();
+        c
+    }
+
+    async fn drop_database(&self) {
+        sqlx::raw_sql(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ))
+        .execute(&self.maintenance)
+        .await
+        .expect("drop the fresh state database");
+    }
+}
+
+/// Runs `body`; then, whether or not it panicked, drops every storage
+/// object named after `projects` and the fresh state database, so a
+/// failing test leaves nothing on the shared testbed.
+async fn with_cleanup(
+    ctx: &Ctx,
+    state: &StateDb,
+    projects: &[&str],
+    body: impl Future<Output = ()>,
+) {
+    let result = AssertUnwindSafe(body).catch_unwind().await;
+    let t = Instant::now();
+    let reports: Vec<_> = futures::stream::iter(projects)
+        .map(|p| drop_project_storage(ctx, p))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    if projects.len() > 10 {
+        eprintln!(
+            "dropping the storage of {} projects took {:?}",
+            projects.len(),
+            t.elapsed()
+        );
+    }
+    if result.is_ok() {
+        for report in reports {
             let report = report.expect("drop storage");
             assert!(report.is_clean(), "{report}");
         }
+        for p in projects.iter().take(3) {
+            assert_storage_gone(ctx, p).await;
+        }
     }
+    if let Ok(pool) = ctx.db.pool().await {
+        pool.close().await;
+    }
+    state.drop_database().await;
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
@@ -159,10 +232,11 @@ fn database_url(ctx: &Ctx, s: &ProjectStorage, env: usize) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn provisioned_storage_is_isolated_and_reverts() {
     let _guard = FAULT_LOCK.read().await;
-    let ctx = Ctx::new(config());
+    let state = StateDb::create().await;
+    let ctx = Ctx::new(state.config());
     let a = unique_project("sta");
     let b = unique_project("stb");
-    with_cleanup(&ctx, &[&a, &b], async {
+    with_cleanup(&ctx, &state, &[&a, &b], async {
         let t = Instant::now();
         let sa = provision_project_storage(&ctx, &a)
             .await
@@ -327,9 +401,10 @@ async fn provisioned_storage_is_isolated_and_reverts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn leftover_role_is_refused_and_kept() {
     let _guard = FAULT_LOCK.read().await;
-    let ctx = Ctx::new(config());
+    let state = StateDb::create().await;
+    let ctx = Ctx::new(state.config());
     let p = unique_project("stl");
-    with_cleanup(&ctx, &[&p], async {
+    with_cleanup(&ctx, &state, &[&p], async {
         let staging = StorageNames::new(&p, Environment::Staging).unwrap();
         let pool = ctx.db.pool().await.unwrap();
         sqlx::raw_sql(&format!("CREATE ROLE \"{}\" NOLOGIN", staging.pg))
@@ -395,7 +470,8 @@ impl Remote for RedisCreateFails {
 #[tokio::test(flavor = "multi_thread")]
 async fn failure_after_databases_reverts_them() {
     let _guard = FAULT_LOCK.read().await;
-    let config = config();
+    let state = StateDb::create().await;
+    let config = state.config();
     let real = Fleet::from_config(&config);
     let parts = real
         .servers()
@@ -411,7 +487,7 @@ async fn failure_after_databases_reverts_them() {
     let db = Db::from_config(&config);
     let ctx = Ctx::from_parts(config, Fleet::from_parts(parts), db);
     let p = unique_project("stf");
-    with_cleanup(&ctx, &[&p], async {
+    with_cleanup(&ctx, &state, &[&p], async {
         let e = provision_project_storage(&ctx, &p)
             .await
             .expect_err("injected failure");
@@ -447,13 +523,15 @@ fn ports_of(v: &Value) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_project_create_one_wins() {
     let _guard = FAULT_LOCK.read().await;
-    let ctx = Ctx::new(config());
+    let state = StateDb::create().await;
+    let ctx = Ctx::new(state.config());
     let stub = env_storage_is_stub(&ctx).await;
-    let server = HttpServer::start().await;
+    let server =
+        HttpServer::start_with(&testbed().config, &[("CODEB_DATABASE__URL", &state.url)]).await;
     let c1 = server.client().await;
     let c2 = server.client().await;
     let p = unique_project("stc");
-    with_cleanup(&ctx, &[&p], async {
+    with_cleanup(&ctx, &state, &[&p], async {
         let r = call(
             &c1,
             "project_create",
@@ -551,92 +629,64 @@ async fn concurrent_project_create_one_wins() {
 async fn two_hundred_projects_then_range_full() {
     const N: usize = 200;
     let _guard = FAULT_LOCK.read().await;
-    let tb = testbed();
-    let admin = super::common::db().await;
-    let db_name = format!(
-        "codeb_t200_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..10]
-    );
-    sqlx::raw_sql(&format!("CREATE DATABASE \"{db_name}\""))
-        .execute(&admin)
-        .await
-        .expect("create a fresh state database");
-    let base_url = tb.status["database_url"].as_str().unwrap();
-    let own_url = format!("{}/{db_name}", base_url.rsplit_once('/').unwrap().0);
-    let mut config = config();
-    config.database.url = own_url.clone();
-    let ctx = Ctx::new(config);
+    let state = StateDb::create().await;
+    let ctx = Ctx::new(state.config());
     let stub = env_storage_is_stub(&ctx).await;
-    let mut server = HttpServer::start_with(&tb.config, &[("CODEB_DATABASE__URL", &own_url)]).await;
-    let client = server.client().await;
+    let server =
+        HttpServer::start_with(&testbed().config, &[("CODEB_DATABASE__URL", &state.url)]).await;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let names: Vec<String> = (0..=N).map(|i| format!("t{}-{i}", &run[..8])).collect();
-
-    let t = Instant::now();
-    let mut ports = std::collections::HashSet::new();
-    if stub {
-        // Until env storage lands every creation fails at its env step and
-        // undoes itself (rows included): time that full path, then fill
-        // the ranges directly to reach "range full".
-        for name in &names[..N] {
-            let r = call(&client, "project_create", json!({"project": name})).await;
-            let text = error_text(&r);
-            assert!(
-                text.contains("failed at store the production env variables"),
-                "{text}"
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    with_cleanup(&ctx, &state, &refs, async {
+        let mut server = server;
+        let client = server.client().await;
+        let t = Instant::now();
+        let mut ports = std::collections::HashSet::new();
+        if stub {
+            // Until env storage lands every creation fails at its env step
+            // and undoes itself (rows included): time that full path, then
+            // fill the ranges directly to reach "range full".
+            for name in &names[..N] {
+                let r = call(&client, "project_create", json!({"project": name})).await;
+                let text = error_text(&r);
+                assert!(
+                    text.contains("failed at store the production env variables"),
+                    "{text}"
+                );
+                assert!(!text.contains("NOT reverted"), "{text}");
+            }
+            eprintln!(
+                "{N} project_create (stub env: provision + revert) took {:?}",
+                t.elapsed()
             );
-            assert!(!text.contains("NOT reverted"), "{text}");
+            let pool = ctx.db.pool().await.unwrap();
+            for name in &names[..N] {
+                super::common::insert_project(pool, name).await;
+            }
+            let rows: Vec<(i32,)> = sqlx::query_as("SELECT base_port FROM project_environments")
+                .fetch_all(pool)
+                .await
+                .unwrap();
+            ports.extend(rows.into_iter().map(|(p,)| p as u64));
+        } else {
+            for name in &names[..N] {
+                let r = call(&client, "project_create", json!({"project": name})).await;
+                ports.extend(ports_of(structured(&r)));
+            }
+            eprintln!("{N} project_create took {:?}", t.elapsed());
         }
-        eprintln!(
-            "{N} project_create (stub env: provision + revert) took {:?}",
-            t.elapsed()
+        assert_eq!(ports.len(), 3 * N, "every port pair is distinct");
+        assert!(ports.iter().all(|p| p % 2 == 0));
+
+        let r = call(&client, "project_create", json!({"project": names[N]})).await;
+        let text = error_text(&r);
+        assert!(
+            text.contains("no free port pair left in the production range 4100-4499"),
+            "{text}"
         );
-        let pool = ctx.db.pool().await.unwrap();
-        for name in &names[..N] {
-            super::common::insert_project(pool, name).await;
-        }
-        let rows: Vec<(i32,)> = sqlx::query_as("SELECT base_port FROM project_environments")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-        ports.extend(rows.into_iter().map(|(p,)| p as u64));
-    } else {
-        for name in &names[..N] {
-            let r = call(&client, "project_create", json!({"project": name})).await;
-            ports.extend(ports_of(structured(&r)));
-        }
-        eprintln!("{N} project_create took {:?}", t.elapsed());
-    }
-    assert_eq!(ports.len(), 3 * N, "every port pair is distinct");
-    assert!(ports.iter().all(|p| p % 2 == 0));
-
-    let r = call(&client, "project_create", json!({"project": names[N]})).await;
-    let text = error_text(&r);
-    assert!(
-        text.contains("no free port pair left in the production range 4100-4499"),
-        "{text}"
-    );
-    assert_storage_gone(&ctx, &names[N]).await;
-
-    // Clean up: storage objects, codeb, the state database.
-    let t = Instant::now();
-    for name in &names {
-        let report = drop_project_storage(&ctx, name).await.unwrap();
-        assert!(report.is_clean(), "{report}");
-    }
-    eprintln!(
-        "dropping the storage of {} projects took {:?}",
-        N + 1,
-        t.elapsed()
-    );
-    for name in [&names[0], &names[N / 2], &names[N - 1]] {
-        assert_storage_gone(&ctx, name).await;
-    }
-    drop(client);
-    server.kill().await;
-    ctx.db.pool().await.unwrap().close().await;
-    sqlx::raw_sql(&format!("DROP DATABASE \"{db_name}\" WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .expect("drop the fresh state database");
+        assert_storage_gone(&ctx, &names[N]).await;
+        drop(client);
+        server.kill().await;
+    })
+    .await;
 }
