@@ -9,8 +9,10 @@ pub mod lifecycle;
 pub mod observe;
 pub mod pdns;
 pub mod probe;
+pub mod project;
 pub mod redact;
 pub mod slots;
+pub mod storage;
 
 use std::sync::Arc;
 

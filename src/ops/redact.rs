@@ -47,7 +47,10 @@ pub fn register_all<'a>(secrets: impl IntoIterator<Item = &'a str>) {
     let mut s = SECRETS.write().expect("redact lock");
     let mut added = false;
     for v in fresh {
-        if s.known.get_or_insert_with(HashSet::new).insert(v.to_string()) {
+        if s.known
+            .get_or_insert_with(HashSet::new)
+            .insert(v.to_string())
+        {
             s.patterns.push(v.to_string());
             added = true;
         }

@@ -12,4 +12,5 @@ pub mod envvars;
 pub mod files;
 pub mod health;
 pub mod podman;
+pub mod storage;
 pub mod switch;

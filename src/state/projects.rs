@@ -161,3 +161,14 @@ async fn project_insert_once(
     tx.commit().await?;
     Ok(id)
 }
+
+/// Removes a project's rows outright (environments, slots and records go
+/// with them by cascade). Only for undoing a creation that failed before
+/// the project was ever usable; deleting a real project is a soft delete.
+pub async fn project_remove_failed_creation(pool: &PgPool, id: i64) -> Result<(), DbError> {
+    sqlx::query("DELETE FROM projects WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}

@@ -19,4 +19,5 @@ mod pdns;
 mod podman_cmds;
 mod schemas;
 mod secrets;
+mod storage;
 mod zero_downtime;
