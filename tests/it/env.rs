@@ -433,3 +433,129 @@ async fn master_key_is_required_once_env_data_exists() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A deployed container reaches its own database with the credentials
+/// codeb generated and gave it, and nothing of another project: not its
+/// database, not its Redis keys (psql and redis-cli run inside the
+/// container, demo:tools).
+#[tokio::test(flavor = "multi_thread")]
+async fn container_reaches_only_its_own_database_and_keys() {
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(server.url.clone());
+    let client = Recorder::default()
+        .serve(transport)
+        .await
+        .expect("initialize");
+    let (a, b) = (unique_project("isoa"), unique_project("isob"));
+    let env = "preview";
+    for p in [&a, &b] {
+        let (r, _) = call_with_progress(&client, "project_create", json!({"project": p})).await;
+        structured(&r);
+    }
+    let (r, _) = call_with_progress(
+        &client,
+        "deploy",
+        json!({"project": a, "environment": env, "image": image("tools")}),
+    )
+    .await;
+    let d = structured(&r).clone();
+    let container = format!("{a}-{env}-{}", d["slot"].as_str().unwrap());
+    let b_db = format!("{}_{env}", b.replace('-', "_"));
+    let b_prefix = format!("{b}:{env}:");
+
+    let config = codeb::config::Config::load(&testbed().config).unwrap();
+    let fleet = Fleet::from_config(&config);
+    let app = remote(&fleet, ServerRole::App);
+    let in_container = |script: String| {
+        let app = app.clone();
+        let container = container.clone();
+        async move {
+            app.run(&RemoteCmd::new("podman").args([
+                "exec",
+                &container,
+                "/bin/busybox",
+                "sh",
+                "-c",
+                &script,
+            ]))
+            .await
+            .expect("podman exec runs")
+        }
+    };
+    // Its own database: log in with DATABASE_URL, create, write, read.
+    let out = in_container(
+        "psql -X -v ON_ERROR_STOP=1 -tA \"$DATABASE_URL\" -c 'CREATE TABLE t (x int)' -c 'INSERT INTO t VALUES (42)' -c 'SELECT sum(x) FROM t'".into(),
+    )
+    .await;
+    assert!(out.success(), "own database: {}", out.stderr_tail());
+    assert!(
+        out.stdout_text().lines().any(|l| l == "42"),
+        "{}",
+        out.stdout_text()
+    );
+    // Another project's database with the same credentials: refused.
+    let out = in_container(format!(
+        "psql -X -tA \"${{DATABASE_URL%/*}}/{b_db}\" -c 'SELECT 1'"
+    ))
+    .await;
+    assert!(
+        !out.success(),
+        "B's database must refuse A: {}",
+        out.stdout_text()
+    );
+    assert!(
+        out.stderr_tail().contains("permission denied for database"),
+        "{}",
+        out.stderr_tail()
+    );
+    // Redis: its prefix works, another project's key is NOPERM.
+    let admin_pw = std::fs::read_to_string(
+        testbed().status["redis_admin_password_file"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    let storage = testbed().status["hosts"]["storage"]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let set_b = std::process::Command::new("redis-cli")
+        .args([
+            "-h",
+            &storage,
+            "SET",
+            &format!("{b_prefix}secret"),
+            "b-only",
+        ])
+        .env("REDISCLI_AUTH", admin_pw.trim())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&set_b.stdout).trim(), "OK");
+    let out = in_container(
+        "redis-cli --no-auth-warning -u \"$REDIS_URL\" SET \"${REDIS_PREFIX}k\" mine && redis-cli --no-auth-warning -u \"$REDIS_URL\" GET \"${REDIS_PREFIX}k\"".into(),
+    )
+    .await;
+    assert_eq!(
+        out.stdout_text().lines().collect::<Vec<_>>(),
+        ["OK", "mine"],
+        "{}",
+        out.stderr_tail()
+    );
+    let out = in_container(format!(
+        "redis-cli --no-auth-warning -u \"$REDIS_URL\" GET '{b_prefix}secret'"
+    ))
+    .await;
+    let text = out.stdout_text();
+    assert!(text.contains("NOPERM"), "A must not read B's key: {text}");
+    assert!(!text.contains("b-only"));
+    // Without credentials nothing is readable at all.
+    let out = in_container(format!("redis-cli -h {storage} GET '{b_prefix}secret'")).await;
+    assert!(
+        out.stdout_text().contains("NOAUTH"),
+        "{}",
+        out.stdout_text()
+    );
+    client.cancel().await.unwrap();
+    fleet.close().await;
+}

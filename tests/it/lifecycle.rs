@@ -146,7 +146,7 @@ async fn blue_green_lifecycle() {
         structured(&r)["summary"]
             .as_str()
             .unwrap()
-            .contains("registered"),
+            .contains("created"),
         "{r:?}"
     );
     let r = call(&client, "project_create", json!({"project": p})).await;
