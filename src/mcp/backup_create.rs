@@ -16,11 +16,11 @@ use crate::ops::backup::{self, human_bytes, BackupOutcome};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupCreateParams {
-    /// Project name (lowercase letters, digits, '-').
+    /// Project name.
     pub project: String,
-    /// production, staging or preview.
+    /// Environment.
     pub environment: Environment,
-    /// Only plan: return the steps and change nothing.
+    /// Plan only; change nothing.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -52,7 +52,7 @@ pub struct BackupCreateResult {
 
 #[tool_router(router = backup_create_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Back up a project environment's PostgreSQL database: pg_dump on the storage server, streamed to a file on the backup server, verified by size and SHA-256. A failed backup leaves no file. Sends progress notifications.
+    /// Back up an environment's database: pg_dump on the storage server streamed to the backup server, verified by size and SHA-256. A failed backup leaves no file. Reports progress.
     #[tool(
         name = "backup_create",
         title = "Back up a database",

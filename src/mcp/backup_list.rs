@@ -76,7 +76,7 @@ pub struct BackupListResult {
 
 #[tool_router(router = backup_list_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// List a project's database backups newest first (path, size, SHA-256, status), optionally for one environment, paginated with a cursor. Read-only.
+    /// List a project's backups newest first (path, size, SHA-256, status), paginated.
     #[tool(
         name = "backup_list",
         title = "List backups",

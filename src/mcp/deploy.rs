@@ -16,16 +16,16 @@ use crate::ops::lifecycle::{self, Outcome};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeployParams {
-    /// Project name (lowercase letters, digits, '-').
+    /// Project name.
     pub project: String,
-    /// production, staging or preview.
+    /// Environment.
     pub environment: Environment,
     /// Image reference to run, e.g. `registry:5000/app:v2`.
     pub image: String,
-    /// Only plan: return the steps and change nothing.
+    /// Plan only; change nothing.
     #[serde(default)]
     pub dry_run: bool,
-    /// A key of your choosing (e.g. a CI run id); repeating it returns the same deployment instead of a second one.
+    /// Your key (e.g. a CI run id); repeating it returns the same deployment.
     #[serde(default)]
     pub idempotency_key: Option<String>,
 }
@@ -61,7 +61,7 @@ pub struct DeployResult {
 
 #[tool_router(router = deploy_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Deploy an image into the inactive blue/green slot of a project environment: pull, replace that slot's old container, run it with labels and limits, health-gate it directly, and route its preview URL. The active slot and live traffic are untouched until promote. On failure the target slot is cleaned up. Sends progress notifications.
+    /// Deploy an image into the inactive slot: pull, replace its container, run it with the latest env version, health-gate it, route its preview URL. Live traffic moves only on promote. A failure cleans the slot. Reports progress.
     #[tool(
         name = "deploy",
         title = "Deploy an image",

@@ -88,7 +88,7 @@ pub struct DeploymentListResult {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentGetParams {
-    /// Deployment id (a UUID from deploy, promote, rollback or deployment_list).
+    /// Deployment id.
     pub id: String,
 }
 
@@ -130,7 +130,7 @@ fn parse_id(s: &str) -> Result<uuid::Uuid, String> {
 
 #[tool_router(router = deployment_list_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// List operation records (deploy, promote, rollback, cleanup, ...) newest first, optionally for one project and environment, paginated with a cursor. Read-only.
+    /// List operation records (deploy, promote, rollback, ...) newest first, paginated.
     #[tool(
         name = "deployment_list",
         title = "List deployments",
@@ -204,7 +204,7 @@ impl CodebServer {
         }))
     }
 
-    /// Show one operation record with its step journal: each step's command argument vector, exit status, stderr tail and duration. Read-only.
+    /// Show one operation record with its step journal (argv, exit status, stderr tail, duration).
     #[tool(
         name = "deployment_get",
         title = "Show a deployment",

@@ -22,7 +22,7 @@ use crate::plan::envvars::{EnvChange, KeyChange, KeyInfo};
 pub struct EnvGetParams {
     /// Project name.
     pub project: String,
-    /// production, staging or preview.
+    /// Environment.
     pub environment: Environment,
     /// Version to show (default: the latest).
     #[serde(default)]
@@ -54,15 +54,15 @@ pub struct EnvGetResult {
 pub struct EnvSetParams {
     /// Project name.
     pub project: String,
-    /// production, staging or preview.
+    /// Environment.
     pub environment: Environment,
-    /// Variables to set: NAME -> value (any text without NUL, up to 64 KiB).
+    /// NAME -> value to set (any text without NUL, ≤ 64 KiB).
     #[serde(default)]
     pub set: BTreeMap<String, String>,
     /// Variable names to remove.
     #[serde(default)]
     pub unset: Vec<String>,
-    /// Only show the diff; store nothing.
+    /// Plan only; change nothing.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -90,9 +90,9 @@ pub struct EnvSetResult {
 pub struct EnvSyncParams {
     /// Project name.
     pub project: String,
-    /// production, staging or preview.
+    /// Environment.
     pub environment: Environment,
-    /// Only report what would be written.
+    /// Plan only; change nothing.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -120,7 +120,7 @@ pub struct EnvSyncResult {
 
 #[tool_router(router = env_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Show an environment's variables: key names, value fingerprints and protected flags of the latest (or a given) version. Never values.
+    /// Show an environment's variables: key names, fingerprints, protected flags. Never values.
     #[tool(
         name = "env_get",
         title = "Show env keys",
@@ -166,7 +166,7 @@ impl CodebServer {
         }))
     }
 
-    /// Set and/or unset environment variables, making a new encrypted version (old versions are kept). Returns the key-level diff with fingerprints, never values. Protected keys (DATABASE_URL, ...) are owner-only. Takes effect on servers with env_sync or the next deploy.
+    /// Set/unset env variables as a new encrypted version (old ones kept). Returns the key diff with fingerprints, never values. Protected keys are owner-only. Reaches servers via env_sync or the next deploy.
     #[tool(
         name = "env_set",
         title = "Change env variables",
@@ -237,7 +237,7 @@ impl CodebServer {
         }))
     }
 
-    /// Write the latest env version to the app server (mode 0600, atomic) and a copy to the backup server. Deploys do this by themselves; use it to refresh files without deploying.
+    /// Write the latest env version to the app server (0600, atomic) and a copy to the backup server. Deploy does this itself.
     #[tool(
         name = "env_sync",
         title = "Write env files to servers",

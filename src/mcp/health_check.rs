@@ -15,7 +15,7 @@ use crate::ops::health::check_server;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckParams {
-    /// Check only this server (its name from codeb.toml, e.g. `app`); all servers when omitted.
+    /// Only this server (name from codeb.toml).
     #[serde(default)]
     pub server: Option<String>,
 }
@@ -76,7 +76,7 @@ pub struct DatabaseHealth {
 
 #[tool_router(router = health_check_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Check every server of the fleet (or one): reachability over SSH with latency, and per role the services codeb depends on — app: podman, Caddy admin API, PowerDNS API; storage: PostgreSQL, Redis, registry; streaming: its health endpoint; backup: free disk space. Also checks codeb's state database. Read-only.
+    /// Check each server (SSH reachability, latency) and the services codeb needs: podman, Caddy, PowerDNS; PostgreSQL, Redis, registry; streaming health; backup disk; and codeb's state database.
     #[tool(
         name = "health_check",
         title = "Check fleet health",

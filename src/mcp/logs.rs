@@ -24,7 +24,7 @@ pub const LOGS_MAX_BYTES: usize = 64 * 1024;
 pub struct LogsParams {
     /// Project name.
     pub project: String,
-    /// production, staging or preview.
+    /// Environment.
     pub environment: Environment,
     /// blue or green; the active slot (else the deployed one) when omitted.
     #[serde(default)]
@@ -51,7 +51,7 @@ pub struct LogsResult {
 
 #[tool_router(router = logs_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Read the last lines (default 100, at most 1000) of a slot's container log, wrapped in an untrusted-content boundary. Read-only.
+    /// Last lines (default 100, at most 1000) of a slot's container log, as untrusted content.
     #[tool(
         name = "logs",
         title = "Read container logs",

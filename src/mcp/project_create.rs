@@ -18,12 +18,12 @@ pub const PROJECT_TYPES: &[&str] = &["nextjs", "node", "static", "python", "go",
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectCreateParams {
-    /// Project name: 3-32 characters, lowercase letters, digits and '-', starting with a letter.
+    /// Project name: 3-32 of a-z, 0-9 and '-', starting with a letter.
     pub project: String,
     /// Project type: nextjs, node, static, python, go, rust or other (default node).
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
-    /// Only check and report; register nothing.
+    /// Plan only; change nothing.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -31,7 +31,7 @@ pub struct ProjectCreateParams {
 /// One environment of the created project. Never holds a secret value.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct CreatedEnvironment {
-    /// production, staging or preview.
+    /// Environment.
     pub environment: String,
     /// Host port of the blue slot (null in a dry run).
     pub blue_port: Option<u16>,
@@ -78,7 +78,7 @@ fn env_keys() -> Vec<String> {
 
 #[tool_router(router = project_create_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Create a project under the caller's team: production, staging and preview environments, each with a blue/green host port pair (lowest free), its own PostgreSQL database and role and a Redis user confined to its key prefix on the storage server, and protected env variables (DATABASE_URL, DIRECT_URL, POSTGRES_USER, POSTGRES_PASSWORD, REDIS_URL) plus REDIS_PREFIX. Returns key names and a .env.local for local development, never secret values. All or nothing: a failure undoes every step. Fails clearly if the name is taken or a port range is full.
+    /// Create a project for your team: per environment a blue/green port pair, a PostgreSQL database + role, a Redis user on its own key prefix, and protected env vars. Returns key names and a .env.local for local development. All or nothing.
     #[tool(
         name = "project_create",
         title = "Create a project",

@@ -18,7 +18,7 @@ pub const PROJECT_LIST_MAX_LIMIT: u32 = 200;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectListParams {
-    /// `next_cursor` from the previous page; omit for the first page.
+    /// `next_cursor` of the previous page.
     #[serde(default)]
     pub cursor: Option<String>,
     /// Projects per page, 1-200 (default 50).
@@ -29,7 +29,7 @@ pub struct ProjectListParams {
 /// One environment of a project.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct EnvironmentPorts {
-    /// production, staging or preview.
+    /// Environment.
     pub environment: String,
     /// Host port of the blue slot.
     pub blue_port: u16,
@@ -64,7 +64,7 @@ pub struct ProjectListResult {
 
 #[tool_router(router = project_list_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// List the projects registered in codeb with their team, type and per-environment port pairs, ordered by name and paginated with a cursor. Read-only.
+    /// List projects with team, type and port pairs, paginated.
     #[tool(
         name = "project_list",
         title = "List projects",

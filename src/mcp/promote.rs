@@ -17,11 +17,11 @@ use crate::plan::switch::SwitchPlan;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromoteParams {
-    /// Project name (lowercase letters, digits, '-').
+    /// Project name.
     pub project: String,
-    /// production, staging or preview.
+    /// Environment.
     pub environment: Environment,
-    /// Only plan: return the switch and change nothing.
+    /// Plan only; change nothing.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -127,7 +127,7 @@ pub(crate) fn switch_result(
 
 #[tool_router(router = promote_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Promote the deployed slot of a project environment: re-probe it, switch the environment's routes to it with one atomic PowerDNS change (the previous slot stays behind as fallback), verify through Caddy that responses come from it, then mark it active and the previous slot grace (kept for rollback). Caddy is never reloaded. If verification fails the previous route is put back. Sends progress notifications.
+    /// Send traffic to the deployed slot: re-probe it, switch the routes atomically (previous slot stays as fallback), verify through Caddy, then mark it active and the previous one grace. Undone if verification fails. Reports progress.
     #[tool(
         name = "promote",
         title = "Promote the deployed slot",

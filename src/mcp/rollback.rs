@@ -16,21 +16,21 @@ use crate::ops::lifecycle;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackParams {
-    /// Project name (lowercase letters, digits, '-').
+    /// Project name.
     pub project: String,
-    /// production, staging or preview.
+    /// Environment.
     pub environment: Environment,
-    /// Why you roll back (recorded with the deployment).
+    /// Why (recorded).
     #[serde(default)]
     pub reason: Option<String>,
-    /// Only plan: return the switch and change nothing.
+    /// Plan only; change nothing.
     #[serde(default)]
     pub dry_run: bool,
 }
 
 #[tool_router(router = rollback_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Roll a project environment back to its previous release: only while an unexpired grace slot exists and it passes a health probe now. Switches the routes back with one atomic change verified through Caddy; the grace slot becomes active and the current one deployed. Records the reason. Sends progress notifications.
+    /// Send traffic back to the grace slot (only while unexpired and healthy): atomic route switch verified through Caddy. Names env keys that differ. Reports progress.
     #[tool(
         name = "rollback",
         title = "Roll back to the grace slot",

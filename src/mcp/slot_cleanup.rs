@@ -15,13 +15,13 @@ use crate::ops::lifecycle;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlotCleanupParams {
-    /// Only this project; all projects when omitted.
+    /// Only this project.
     #[serde(default)]
     pub project: Option<String>,
-    /// Only this environment; all when omitted.
+    /// Only this environment.
     #[serde(default)]
     pub environment: Option<Environment>,
-    /// Only list what would be cleaned.
+    /// Plan only; change nothing.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -54,7 +54,7 @@ pub struct SlotCleanupResult {
 
 #[tool_router(router = slot_cleanup_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Remove the containers of grace slots whose rollback window has expired and take them out of the routes; their slots become empty. Never touches an active slot.
+    /// Empty grace slots whose rollback window expired: remove their containers and routes. Never touches an active slot.
     #[tool(
         name = "slot_cleanup",
         title = "Clean up expired grace slots",

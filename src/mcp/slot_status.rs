@@ -14,9 +14,9 @@ use crate::ops::slots::{slot_status, SlotStatusError};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlotStatusParams {
-    /// Project name (3-32 characters: lowercase letters, digits, '-').
+    /// Project name.
     pub project: String,
-    /// Only this environment (production, staging or preview); all when omitted.
+    /// Only this environment.
     #[serde(default)]
     pub environment: Option<Environment>,
 }
@@ -72,7 +72,7 @@ pub struct SlotStatusResult {
 
 #[tool_router(router = slot_status_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Show a project's blue/green slots per environment — state, port, image, env version, grace expiry — joined with the container podman really runs on the app server, and any mismatch between the two. Read-only.
+    /// Show a project's blue/green slots per environment (state, port, image, env version, grace expiry) next to what podman really runs, flagging mismatches.
     #[tool(
         name = "slot_status",
         title = "Show slot status",

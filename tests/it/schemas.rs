@@ -82,3 +82,20 @@ fn every_tool_is_fully_described() {
         );
     }
 }
+
+/// DESIGN §5: the whole `tools/list` for an owner stays under about 6,000
+/// tokens. Guarded as compact JSON of at most 24,000 bytes (about 4 bytes
+/// per token for this kind of JSON).
+#[test]
+fn tools_list_fits_the_token_budget() {
+    let tools = CodebServer::tool_definitions();
+    let bytes = serde_json::to_string(&serde_json::json!({ "tools": tools }))
+        .unwrap()
+        .len();
+    eprintln!("tools/list: {} tools, {bytes} bytes", tools.len());
+    assert!(
+        bytes <= 24_000,
+        "tools/list is {bytes} bytes for {} tools; trim descriptions or schemas",
+        tools.len()
+    );
+}
