@@ -337,7 +337,18 @@ impl ServerHandler for CodebServer {
         let name = request.name.to_string();
         let started = Instant::now();
         let tcc = ToolCallContext::new(self, request, context);
-        let result = self.tools.call(tcc).await;
+        let mut result = self.tools.call(tcc).await;
+        // Error texts carry causes from servers and databases: scrub any
+        // registered secret before they leave (DESIGN §3).
+        if let Ok(CallToolResponse::Complete(r)) = &mut result {
+            if r.is_error == Some(true) {
+                for c in r.content.iter_mut() {
+                    if let rmcp::model::ContentBlock::Text(t) = c {
+                        t.text = crate::ops::redact::redact(&t.text);
+                    }
+                }
+            }
+        }
         let outcome = match &result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
             Ok(_) => "ok",

@@ -237,8 +237,8 @@ impl Op<'_> {
             _ => {}
         }
         let (exit, tail) = match &result {
-            Ok(o) => (o.status, Some(o.stderr_tail())),
-            Err(e) => (None, Some(e.to_string())),
+            Ok(o) => (o.status, Some(crate::ops::redact::redact(&o.stderr_tail()))),
+            Err(e) => (None, Some(crate::ops::redact::redact(&e.to_string()))),
         };
         if let Ok(pool) = self.ctx.db.pool().await {
             let _ = journal::step_append(
@@ -287,7 +287,8 @@ impl Op<'_> {
     ) -> Result<(), OpError> {
         self.heartbeat.abort();
         let pool = self.ctx.db.pool().await?;
-        journal::deployment_finish(pool, self.id, self.token, ok, error, result).await?;
+        let error = error.map(crate::ops::redact::redact);
+        journal::deployment_finish(pool, self.id, self.token, ok, error.as_deref(), result).await?;
         Ok(())
     }
 }

@@ -245,21 +245,35 @@ pub async fn step_append(
     stderr_tail: Option<&str>,
     duration: Duration,
 ) -> Result<(), DbError> {
-    sqlx::query(
-        "INSERT INTO deployment_steps (deployment_id, seq, step, server, argv, exit_status, stderr_tail, duration_ms)
-         VALUES ($1, (SELECT coalesce(max(seq), 0) + 1 FROM deployment_steps WHERE deployment_id = $1),
-                 $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(id)
-    .bind(step)
-    .bind(server)
-    .bind(serde_json::json!(argv))
-    .bind(exit_status)
-    .bind(stderr_tail)
-    .bind(duration.as_millis().min(i32::MAX as u128) as i32)
-    .execute(pool)
-    .await?;
-    Ok(())
+    // Steps of one operation may run concurrently (pull beside env writes):
+    // two appends can pick the same seq; the loser takes the next one.
+    let mut attempts = 0;
+    loop {
+        let r = sqlx::query(
+            "INSERT INTO deployment_steps (deployment_id, seq, step, server, argv, exit_status, stderr_tail, duration_ms)
+             VALUES ($1, (SELECT coalesce(max(seq), 0) + 1 FROM deployment_steps WHERE deployment_id = $1),
+                     $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(step)
+        .bind(server)
+        .bind(serde_json::json!(argv))
+        .bind(exit_status)
+        .bind(stderr_tail)
+        .bind(duration.as_millis().min(i32::MAX as u128) as i32)
+        .execute(pool)
+        .await;
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                let e = DbError::from(e);
+                attempts += 1;
+                if e.constraint() != Some("deployment_steps_pkey") || attempts >= 20 {
+                    return Err(e);
+                }
+            }
+        }
+    }
 }
 
 /// One deployment row.
