@@ -299,3 +299,178 @@ async fn each_hand_made_change_is_reported_once() {
     fleet.close().await;
     ctx.fleet.close().await;
 }
+
+/// A fresh state database on the testbed's PostgreSQL, dropped by `drop`.
+struct FreshStateDb {
+    name: String,
+    /// URL without password (the config's password file supplies it).
+    url: String,
+    maintenance: sqlx::PgPool,
+}
+
+impl FreshStateDb {
+    async fn create() -> Self {
+        let tb = testbed();
+        let full = tb.database_url();
+        let maintenance = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{}/postgres", full.rsplit_once('/').unwrap().0))
+            .await
+            .expect("connect to the testbed PostgreSQL");
+        let name = format!(
+            "codeb_dr_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&maintenance)
+            .await
+            .expect("create a fresh state database");
+        let base = tb.status["database_url"].as_str().unwrap();
+        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        Self {
+            name,
+            url,
+            maintenance,
+        }
+    }
+
+    async fn drop(&self) {
+        sqlx::raw_sql(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ))
+        .execute(&self.maintenance)
+        .await
+        .expect("drop the fresh state database");
+    }
+}
+
+/// The findings of a whole-fleet report that concern `projects`.
+fn findings_about(v: &Value, projects: &[String]) -> Vec<Value> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| {
+            f["project"]
+                .as_str()
+                .is_some_and(|p| projects.iter().any(|q| q == p))
+        })
+        .cloned()
+        .collect()
+}
+
+/// An even port pair near the top of the production range that no
+/// container on the app server publishes (the fresh database would hand
+/// out 4100, which the shared testbed's projects use).
+async fn free_production_pair(app: &dyn codeb::exec::Remote) -> u16 {
+    let out = run_ok(app, &podman::ps(None).unwrap()).await;
+    let used: Vec<u16> = podman::parse_ps(&out.stdout_text())
+        .unwrap()
+        .into_iter()
+        .flat_map(|c| c.host_ports)
+        .collect();
+    (4300..4498)
+        .rev()
+        .step_by(2)
+        .map(|p| p & !1)
+        .find(|p| !used.contains(p) && !used.contains(&(p + 1)))
+        .expect("a free production port pair")
+}
+
+/// 50 projects on a fresh state database, one deployed: drift_report over
+/// all of them takes the same number of round trips as over one.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_projects_take_the_same_round_trips_as_one() {
+    const N: usize = 50;
+    let _guard = FAULT_LOCK.read().await;
+    let state = FreshStateDb::create().await;
+    let server =
+        HttpServer::start_with(&testbed().config, &[("CODEB_DATABASE__URL", &state.url)]).await;
+    let mut cfg = config();
+    cfg.database.url = state.url.clone();
+    let ctx = Ctx::new(cfg);
+    let (fleet, app) = app_remote();
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let names: Vec<String> = (0..N).map(|i| format!("dr{}-{i}", &run[..8])).collect();
+    let first = names[0].clone();
+    let body = async {
+        let client = server.client().await;
+        let pool = ctx.db.pool().await.unwrap();
+        // Projects are registered directly: project_create would also
+        // provision 50 databases and Redis users, which drift does not look at.
+        codeb::state::projects::project_insert(pool, &first, "default", "node")
+            .await
+            .unwrap();
+        let pair = free_production_pair(&*app).await;
+        sqlx::query(
+            "UPDATE project_environments SET base_port = $1
+              WHERE environment = 'production' AND project_id = (SELECT id FROM projects WHERE name = $2)",
+        )
+        .bind(i32::from(pair))
+        .bind(&first)
+        .execute(pool)
+        .await
+        .unwrap();
+        let r = call(
+            &client,
+            "deploy",
+            json!({"project": first, "environment": "production", "image": image("v1")}),
+        )
+        .await;
+        assert_eq!(structured(&r)["port"], json!(pair), "{r:?}");
+
+        let one = structured(&call(&client, "drift_report", json!({})).await).clone();
+        assert_eq!(one["projects"], json!(1), "{one}");
+        assert_eq!(one["unobserved"], json!([]), "{one}");
+        assert_eq!(findings_about(&one, &names), Vec::<Value>::new(), "{one}");
+
+        for name in &names[1..] {
+            codeb::state::projects::project_insert(pool, name, "default", "node")
+                .await
+                .unwrap();
+        }
+        let fifty = structured(&call(&client, "drift_report", json!({})).await).clone();
+        assert_eq!(fifty["projects"], json!(N), "{}", fifty["summary"]);
+        assert_eq!(fifty["unobserved"], json!([]), "{}", fifty["summary"]);
+        assert_eq!(
+            findings_about(&fifty, &names),
+            Vec::<Value>::new(),
+            "{fifty}"
+        );
+        assert_eq!(fifty["round_trips"], one["round_trips"]);
+        assert_eq!(fifty["ssh_commands"], one["ssh_commands"]);
+        assert_eq!(fifty["pdns_calls"], one["pdns_calls"]);
+        assert_eq!(fifty["round_trips"], json!(ROUND_TRIPS));
+        eprintln!(
+            "drift_report: 1 project {} ms, {N} projects {} ms, {} round trips",
+            one["duration_ms"], fifty["duration_ms"], fifty["round_trips"]
+        );
+    };
+    let cleanup = async {
+        let container = format!("{first}-production-blue");
+        let _ = app.run(&podman::rm_force(&container).unwrap()).await;
+        if let Ok(client) = codeb::ops::pdns::pdns_client(&ctx).await {
+            let preview = format!("{first}-production-blue.preview.codeb.test");
+            let _ = client
+                .patch_rrsets(
+                    ROUTE_ZONE,
+                    &srv_patch_body(
+                        &[RrsetChange::Delete {
+                            name: route_rrset_name(&preview, ROUTE_ZONE),
+                        }],
+                        "x.",
+                    ),
+                )
+                .await;
+        }
+        if let Ok(pool) = ctx.db.pool().await {
+            pool.close().await;
+        }
+        state.drop().await;
+    };
+    with_cleanup(body, cleanup).await;
+    drop(server);
+    fleet.close().await;
+    ctx.fleet.close().await;
+}
