@@ -683,3 +683,339 @@ fn caddy_findings(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "0b6f3c2e-0000-4000-8000-000000000001";
+
+    fn names() -> DriftNames {
+        DriftNames {
+            route_zone: "route.codeb.test".into(),
+            base_domain: "codeb.test".into(),
+            preview_domain: "preview.codeb.test".into(),
+            app_address: Some("10.77.0.11".into()),
+            caddy_path: "/etc/caddy/Caddyfile".into(),
+            caddy_expected: Some("# comment\n:80 {\n\treverse_proxy\n}\n".into()),
+        }
+    }
+
+    fn slot(slot: SlotName, state: SlotState, image: &str) -> RecordedSlot {
+        RecordedSlot {
+            slot,
+            state,
+            image: (state != SlotState::Empty).then(|| image.to_string()),
+            deployment_id: (state != SlotState::Empty).then(|| DEP.to_string()),
+        }
+    }
+
+    /// shop production: blue active (v1), green `green`.
+    fn env(green: SlotState) -> RecordedEnv {
+        RecordedEnv {
+            project: "shop".into(),
+            environment: Environment::Production,
+            base_port: 4100,
+            slots: [
+                slot(SlotName::Blue, SlotState::Active, "r/demo:v1"),
+                slot(SlotName::Green, green, "r/demo:v2"),
+            ],
+            env_file: Some((3, "ab".repeat(32))),
+        }
+    }
+
+    fn container(slot: SlotName, image: &str, port: u16) -> Container {
+        Container {
+            name: format!("shop-production-{slot}"),
+            image: image.into(),
+            state: "running".into(),
+            status: "Up".into(),
+            labels: [
+                (LABEL_PROJECT, "shop"),
+                (LABEL_ENVIRONMENT, "production"),
+                (LABEL_SLOT, slot.as_str()),
+                (LABEL_DEPLOYMENT, DEP),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            host_ports: vec![port],
+            host_ips: vec![PUBLISH_ADDRESS.into()],
+        }
+    }
+
+    fn srv(host: &str, targets: &[(u16, u16)]) -> Vec<(String, String, String, String)> {
+        targets
+            .iter()
+            .map(|(prio, port)| {
+                (
+                    route_rrset_name(host, "route.codeb.test"),
+                    "SRV".to_string(),
+                    format!("{prio} 0 {port} app.route.codeb.test."),
+                    "route.codeb.test.".to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// What the servers run when everything matches `env(Deployed)`.
+    fn in_line() -> Observed {
+        let mut records = srv("shop.codeb.test", &[(0, 4100), (10, 4101)]);
+        records.extend(srv("shop-production-blue.preview.codeb.test", &[(0, 4100)]));
+        records.extend(srv(
+            "shop-production-green.preview.codeb.test",
+            &[(0, 4101)],
+        ));
+        Observed {
+            containers: Some(vec![
+                container(SlotName::Blue, "r/demo:v1", 4100),
+                container(SlotName::Green, "r/demo:v2", 4101),
+            ]),
+            env_files: Some(
+                [(
+                    "/opt/codeb/env/shop/.env.production".to_string(),
+                    "ab".repeat(32),
+                )]
+                .into(),
+            ),
+            caddy: Some(Some(":80 {\n\treverse_proxy\n}\n# other comment\n".into())),
+            records: Some(records),
+        }
+    }
+
+    fn kinds(f: &[Finding]) -> Vec<(&str, &str)> {
+        f.iter()
+            .map(|f| (f.kind.as_str(), f.object.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn matching_servers_have_no_drift() {
+        let f = drift_findings(&[env(SlotState::Deployed)], &[], &names(), &in_line(), None);
+        assert_eq!(f, vec![]);
+        // A deployed slot may be listed as fallback or not.
+        let mut o = in_line();
+        let records = o.records.as_mut().unwrap();
+        records.retain(|r| !r.2.starts_with("10 "));
+        let f = drift_findings(&[env(SlotState::Deployed)], &[], &names(), &o, Some("shop"));
+        assert_eq!(f, vec![]);
+    }
+
+    #[test]
+    fn a_grace_slot_must_be_the_fallback() {
+        let mut o = in_line();
+        o.records
+            .as_mut()
+            .unwrap()
+            .retain(|r| !r.2.starts_with("10 "));
+        let f = drift_findings(&[env(SlotState::Grace)], &[], &names(), &o, None);
+        assert_eq!(
+            kinds(&f),
+            [(
+                "route_mismatch",
+                "_http._tcp.shop.codeb.test.route.codeb.test."
+            )]
+        );
+        assert_eq!(f[0].expected, "priority 0 port 4100, priority 10 port 4101");
+        assert_eq!(f[0].found, "priority 0 port 4100");
+    }
+
+    #[test]
+    fn each_container_difference_is_one_finding() {
+        let mut o = in_line();
+        let c = o.containers.as_mut().unwrap();
+        c.retain(|c| c.name != "shop-production-green");
+        let f = drift_findings(&[env(SlotState::Deployed)], &[], &names(), &o, None);
+        assert_eq!(kinds(&f), [("container_missing", "shop-production-green")]);
+
+        let mut o = in_line();
+        let c = &mut o.containers.as_mut().unwrap()[1];
+        c.image = "r/demo:v1".into();
+        c.state = "exited".into();
+        c.host_ips = vec!["0.0.0.0".into()];
+        let f = drift_findings(&[env(SlotState::Deployed)], &[], &names(), &o, None);
+        assert_eq!(kinds(&f), [("container_image", "shop-production-green")]);
+        assert_eq!(
+            f[0].found,
+            "image r/demo:v1; publishes 0.0.0.0:4101; exited (Up)"
+        );
+
+        let mut o = in_line();
+        let c = &mut o.containers.as_mut().unwrap()[0];
+        c.labels.insert(LABEL_DEPLOYMENT.into(), "other".into());
+        let f = drift_findings(&[env(SlotState::Deployed)], &[], &names(), &o, None);
+        assert_eq!(kinds(&f), [("container_labels", "shop-production-blue")]);
+    }
+
+    #[test]
+    fn empty_slots_and_unknown_containers() {
+        let mut o = in_line();
+        o.records
+            .as_mut()
+            .unwrap()
+            .retain(|r| !r.2.starts_with("10 ") && !r.0.contains("green"));
+        let mut stray = container(SlotName::Blue, "r/x", 4900);
+        stray.name = "gone-production-blue".into();
+        stray.labels.insert(LABEL_PROJECT.into(), "gone".into());
+        o.containers.as_mut().unwrap().push(stray);
+        let f = drift_findings(&[env(SlotState::Empty)], &[], &names(), &o, None);
+        assert_eq!(
+            kinds(&f),
+            [
+                ("container_stale", "shop-production-green"),
+                ("container_orphan", "gone-production-blue")
+            ]
+        );
+        // Scoped to shop, other projects' containers are not its business.
+        let f = drift_findings(&[env(SlotState::Empty)], &[], &names(), &o, Some("shop"));
+        assert_eq!(kinds(&f), [("container_stale", "shop-production-green")]);
+    }
+
+    #[test]
+    fn routes_without_a_record_are_orphans_only_fleet_wide() {
+        let mut o = in_line();
+        o.records
+            .as_mut()
+            .unwrap()
+            .extend(srv("old.codeb.test", &[(0, 4200)]));
+        let e = [env(SlotState::Deployed)];
+        let f = drift_findings(&e, &[], &names(), &o, None);
+        assert_eq!(
+            kinds(&f),
+            [(
+                "route_orphan",
+                "_http._tcp.old.codeb.test.route.codeb.test."
+            )]
+        );
+        assert_eq!(drift_findings(&e, &[], &names(), &o, Some("shop")), vec![]);
+        // Without an active slot the environment has no route.
+        let mut idle = env(SlotState::Deployed);
+        idle.slots[0] = slot(SlotName::Blue, SlotState::Empty, "");
+        o.containers.as_mut().unwrap().remove(0);
+        o.records
+            .as_mut()
+            .unwrap()
+            .retain(|r| !r.0.contains("blue"));
+        let f = drift_findings(&[idle], &[], &names(), &o, Some("shop"));
+        assert_eq!(
+            kinds(&f),
+            [(
+                "route_stale",
+                "_http._tcp.shop.codeb.test.route.codeb.test."
+            )]
+        );
+    }
+
+    #[test]
+    fn domains_need_their_a_record_and_route() {
+        let domain = RecordedDomain {
+            hostname: "www.shop.test".into(),
+            project: "shop".into(),
+            environment: Environment::Production,
+            kind: "custom".into(),
+            dns_state: "ok".into(),
+            route_state: "ok".into(),
+        };
+        let e = [env(SlotState::Deployed)];
+        let mut o = in_line();
+        let f = drift_findings(&e, std::slice::from_ref(&domain), &names(), &o, None);
+        assert_eq!(
+            kinds(&f),
+            [
+                (
+                    "route_missing",
+                    "_http._tcp.www.shop.test.route.codeb.test."
+                ),
+                ("dns_missing", "www.shop.test.")
+            ]
+        );
+        let records = o.records.as_mut().unwrap();
+        records.extend(srv("www.shop.test", &[(0, 4100)]));
+        records.push((
+            "www.shop.test.".into(),
+            "A".into(),
+            "10.0.0.9".into(),
+            "shop.test.".into(),
+        ));
+        let f = drift_findings(&e, std::slice::from_ref(&domain), &names(), &o, None);
+        assert_eq!(kinds(&f), [("dns_mismatch", "www.shop.test.")]);
+        assert_eq!(f[0].found, "A 10.0.0.9");
+        // Pending domains are not checked.
+        let pending = RecordedDomain {
+            dns_state: "pending".into(),
+            route_state: "pending".into(),
+            ..domain
+        };
+        let f = drift_findings(&e, &[pending], &names(), &in_line(), None);
+        assert_eq!(f, vec![]);
+    }
+
+    #[test]
+    fn env_files_and_caddy() {
+        let e = [env(SlotState::Deployed)];
+        let mut o = in_line();
+        o.env_files = Some(
+            [(
+                "/opt/codeb/env/shop/.env.production".to_string(),
+                "cd".repeat(32),
+            )]
+            .into(),
+        );
+        o.caddy = Some(Some(":80 {\n\treverse_proxy other\n}\n".into()));
+        let f = drift_findings(&e, &[], &names(), &o, None);
+        assert_eq!(
+            kinds(&f),
+            [
+                ("env_file_edited", "/opt/codeb/env/shop/.env.production"),
+                ("caddy_config", "/etc/caddy/Caddyfile")
+            ]
+        );
+        assert_eq!(f[0].expected, "env v3, sha256 abababababab");
+        assert_eq!(f[0].found, "sha256 cdcdcdcdcdcd");
+        o.env_files = Some(BTreeMap::new());
+        o.caddy = Some(None);
+        let f = drift_findings(&e, &[], &names(), &o, None);
+        assert_eq!(
+            kinds(&f),
+            [
+                ("env_file_missing", "/opt/codeb/env/shop/.env.production"),
+                ("caddy_config_missing", "/etc/caddy/Caddyfile")
+            ]
+        );
+        // Failed observations skip their checks.
+        let f = drift_findings(&e, &[], &names(), &Observed::default(), None);
+        assert_eq!(f, vec![]);
+    }
+
+    #[test]
+    fn listing_commands_and_parsing() {
+        assert_eq!(
+            env_file_hashes_cmd().argv(),
+            [
+                "find",
+                "/opt/codeb/env",
+                "-type",
+                "f",
+                "-name",
+                ".env.*",
+                "-exec",
+                "sha256sum",
+                "--",
+                "{}",
+                "+"
+            ]
+        );
+        assert_eq!(
+            caddy_read_cmd("/etc/caddy/Caddyfile").unwrap().argv(),
+            ["cat", "--", "/etc/caddy/Caddyfile"]
+        );
+        assert!(caddy_read_cmd("relative").is_err());
+        let h = "0123456789abcdef".repeat(4);
+        let out = format!(
+            "{h}  /opt/codeb/env/shop/.env.staging\n\\{h}  /opt/codeb/env/a\\nb\nnonsense\n"
+        );
+        let parsed = parse_sha256sum(&out);
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed["/opt/codeb/env/shop/.env.staging"], h);
+    }
+}
