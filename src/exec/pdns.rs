@@ -100,6 +100,36 @@ struct RecordDoc {
     disabled: bool,
 }
 
+/// One record of a search-data answer.
+#[derive(Debug, Deserialize)]
+struct SearchDoc {
+    #[serde(default)]
+    name: String,
+    #[serde(rename = "type", default)]
+    rtype: String,
+    #[serde(default)]
+    content: String,
+    #[serde(default)]
+    zone: String,
+    #[serde(default)]
+    object_type: String,
+    #[serde(default)]
+    disabled: bool,
+}
+
+/// One enabled DNS record as PowerDNS serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsRecord {
+    /// Absolute, lowercased owner name (`shop.codeb.test.`).
+    pub name: String,
+    /// Record type (`A`, `SRV`, ...).
+    pub rtype: String,
+    /// Record content as PowerDNS writes it.
+    pub content: String,
+    /// Absolute zone name holding it.
+    pub zone: String,
+}
+
 impl PdnsClient {
     /// A client of the API at `base_url` (`http://127.0.0.1:8081`, no
     /// `/api/v1`), server id `server_id` (normally `localhost`). Every
@@ -187,6 +217,46 @@ impl PdnsClient {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    /// Every record of every zone on the server in ONE request
+    /// (`GET .../search-data?q=*&object_type=record&max=MAX`), enabled
+    /// records only, names absolute and lowercased — what `drift_report`
+    /// compares against. More than `max - 1` records is an error rather
+    /// than a silently cut listing.
+    pub async fn all_records(&self, max: usize) -> Result<Vec<DnsRecord>, PdnsError> {
+        let mut url = self.url(&["search-data"])?;
+        url.query_pairs_mut()
+            .append_pair("q", "*")
+            .append_pair("object_type", "record")
+            .append_pair("max", &max.to_string());
+        let resp = self.send(Method::GET, url, None, "").await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.unreachable(&e, "reading the record listing"))?;
+        let found: Vec<SearchDoc> = serde_json::from_slice(&bytes).map_err(|e| {
+            PdnsError::Unexpected(format!(
+                "the record search of {} is not a PowerDNS search result ({e}): check that pdns.api_url points at the PowerDNS webserver",
+                self.label
+            ))
+        })?;
+        if found.len() >= max {
+            return Err(PdnsError::Unexpected(format!(
+                "PowerDNS at {} holds {max} records or more, more than one listing reads",
+                self.label
+            )));
+        }
+        Ok(found
+            .into_iter()
+            .filter(|r| !r.disabled && r.object_type == "record")
+            .map(|r| DnsRecord {
+                name: absolute_name(&r.name),
+                rtype: r.rtype,
+                content: r.content,
+                zone: absolute_name(&r.zone),
+            })
+            .collect())
     }
 
     /// Cheap authenticated check (GET /api/v1/servers/{id}): the API answers

@@ -10,6 +10,7 @@ pub mod backup_list;
 pub mod compact;
 pub mod deploy;
 pub mod deployment_list;
+pub mod drift_report;
 pub mod env;
 pub mod health_check;
 pub mod http;
@@ -93,6 +94,7 @@ impl CodebServer {
         Self::health_check_router()
             + Self::project_list_router()
             + Self::slot_status_router()
+            + Self::drift_report_router()
             + Self::project_create_router()
             + Self::deploy_router()
             + Self::promote_router()

@@ -156,6 +156,7 @@ mod tests {
             status: String::new(),
             labels: Default::default(),
             host_ports: vec![4100],
+            host_ips: vec!["127.0.0.1".into()],
         }
     }
 

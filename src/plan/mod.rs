@@ -7,6 +7,7 @@ pub mod caddy;
 pub mod cmd;
 pub mod deploy;
 pub mod dns;
+pub mod drift;
 pub mod env;
 pub mod envvars;
 pub mod files;

@@ -104,6 +104,9 @@ pub struct Container {
     pub labels: BTreeMap<String, String>,
     /// Host ports published.
     pub host_ports: Vec<u16>,
+    /// Host address of each published port, in the order of `host_ports`
+    /// (empty when podman does not say, e.g. "" for all addresses).
+    pub host_ips: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +129,8 @@ struct PsEntry {
 struct PsPort {
     #[serde(default)]
     host_port: u16,
+    #[serde(default)]
+    host_ip: String,
 }
 
 /// Parses `podman ps --format json` output.
@@ -138,18 +143,17 @@ pub fn parse_ps(stdout: &str) -> Result<Vec<Container>, String> {
         serde_json::from_str(trimmed).map_err(|e| format!("unexpected podman ps output: {e}"))?;
     Ok(entries
         .into_iter()
-        .map(|e| Container {
-            name: e.names.into_iter().next().unwrap_or_default(),
-            image: e.image,
-            state: e.state,
-            status: e.status,
-            labels: e.labels.unwrap_or_default(),
-            host_ports: e
-                .ports
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| p.host_port)
-                .collect(),
+        .map(|e| {
+            let ports = e.ports.unwrap_or_default();
+            Container {
+                name: e.names.into_iter().next().unwrap_or_default(),
+                image: e.image,
+                state: e.state,
+                status: e.status,
+                labels: e.labels.unwrap_or_default(),
+                host_ports: ports.iter().map(|p| p.host_port).collect(),
+                host_ips: ports.into_iter().map(|p| p.host_ip).collect(),
+            }
         })
         .collect())
 }
@@ -743,6 +747,7 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].name, "shop-production-blue");
         assert_eq!(c[0].host_ports, vec![4100]);
+        assert_eq!(c[0].host_ips, vec!["127.0.0.1"]);
         assert_eq!(
             c[0].labels.get(LABEL_SLOT).map(String::as_str),
             Some("blue")

@@ -54,6 +54,29 @@ fn into_row(r: Row) -> EnvVersionRow {
 
 const COLUMNS: &str = "version, ciphertext, nonce, keys, key_id, created_by, created_at, synced_at";
 
+/// `COLUMNS` qualified with the table alias `v` (for joins).
+pub(crate) const COLUMNS_V: &str =
+    "v.version, v.ciphertext, v.nonce, v.keys, v.key_id, v.created_by, v.created_at, v.synced_at";
+
+/// A version row preceded by its project id and environment.
+pub(crate) type RowWithEnv = (
+    i64,
+    String,
+    i32,
+    Vec<u8>,
+    Vec<u8>,
+    sqlx::types::Json<Vec<KeyInfo>>,
+    String,
+    String,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
+/// Splits a `RowWithEnv` into (project id, environment, version row).
+pub(crate) fn split_row_with_env(r: RowWithEnv) -> (i64, String, EnvVersionRow) {
+    (r.0, r.1, into_row((r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9)))
+}
+
 /// A version of (project, environment): the given one, else the latest.
 pub async fn version_get(
     pool: &PgPool,
