@@ -3,6 +3,7 @@
 
 pub mod backups;
 pub mod deployments;
+pub mod domains;
 pub mod envvars;
 pub mod projects;
 pub mod slots;
