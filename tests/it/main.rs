@@ -8,6 +8,7 @@ mod caddy;
 mod cli;
 mod common;
 mod db;
+mod domains;
 mod env;
 mod faults;
 mod files;
