@@ -91,6 +91,18 @@ async fn forget_domain(domain: &str) {
     }
 }
 
+/// Removes a test project's containers and rows.
+async fn remove_project(p: &str) {
+    let (fleet, app) = super::app_host::app_remote();
+    for slot in ["blue", "green"] {
+        if let Ok(cmd) = codeb::plan::podman::rm_force(&format!("{p}-production-{slot}")) {
+            let _ = app.run(&cmd).await;
+        }
+    }
+    fleet.close().await;
+    super::common::delete_project(&db().await, p).await;
+}
+
 /// What PowerDNS holds for `domain`: (A contents, SRV route present).
 async fn pdns_state(domain: &str) -> (Option<Vec<String>>, bool) {
     let ctx = Ctx::new(Config::load(&testbed().config).unwrap());
@@ -256,10 +268,8 @@ async fn domain_setup_answers_dns_routes_and_moves_with_promote_and_rollback() {
         },
         async {
             forget_domain(domain).await;
-            let pool = db().await;
-            for name in [&p, &other] {
-                super::common::delete_project(&pool, name).await;
-            }
+            remove_project(&p).await;
+            remove_project(&other).await;
         },
     )
     .await;
@@ -294,7 +304,7 @@ async fn domain_without_active_slot_waits_for_the_first_promote() {
         },
         async {
             forget_domain(&domain).await;
-            super::common::delete_project(&db().await, &p).await;
+            remove_project(&p).await;
         },
     )
     .await;
@@ -351,7 +361,7 @@ async fn invalid_domains_are_refused_and_change_nothing() {
             assert!(!ops.contains(&"domain_setup"), "no operation ran: {ops:?}");
             assert_eq!(pdns_state("shop.example.test").await.1, false);
         },
-        async { super::common::delete_project(&db().await, &p).await },
+        async { remove_project(&p).await },
     )
     .await;
 }
@@ -436,7 +446,7 @@ async fn powerdns_down_fails_cleanly_and_existing_domains_keep_serving() {
         async {
             forget_domain(&keep).await;
             forget_domain(&fresh).await;
-            super::common::delete_project(&db().await, &p).await;
+            remove_project(&p).await;
         },
     )
     .await;
