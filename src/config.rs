@@ -137,7 +137,10 @@ impl Config {
     /// Name servers given to zones codeb creates.
     pub fn dns_nameservers(&self) -> Vec<String> {
         if self.dns.nameservers.is_empty() {
-            vec![format!("ns1.{}", self.routing.base_domain.trim_end_matches('.'))]
+            vec![format!(
+                "ns1.{}",
+                self.routing.base_domain.trim_end_matches('.')
+            )]
         } else {
             self.dns.nameservers.clone()
         }

@@ -50,7 +50,11 @@ pub async fn query_addresses(
 ) -> Result<DnsAnswer, DnsQueryError> {
     let fqdn = format!("{}.", name.trim_end_matches('.'));
     let qname = Name::from_str(&fqdn).map_err(|_| DnsQueryError::BadName(name.to_string()))?;
-    let rtype = if ipv6 { RecordType::AAAA } else { RecordType::A };
+    let rtype = if ipv6 {
+        RecordType::AAAA
+    } else {
+        RecordType::A
+    };
     let no_answer = |detail: String| DnsQueryError::NoAnswer { server, detail };
     let stream = UdpClientStream::builder(server, TokioRuntimeProvider::default())
         .with_timeout(Some(timeout))
@@ -73,7 +77,12 @@ pub async fn query_addresses(
     .await;
     bg.abort();
     let response = match result {
-        Err(_) => return Err(no_answer(format!("no answer within {} ms", timeout.as_millis()))),
+        Err(_) => {
+            return Err(no_answer(format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            )))
+        }
         Ok(None) => return Err(no_answer("the query ended without an answer".into())),
         Ok(Some(Err(e))) => return Err(no_answer(e.to_string())),
         Ok(Some(Ok(r))) => r,

@@ -247,7 +247,13 @@ impl PdnsClient {
         for rrset in doc.rrsets {
             if rrset.rtype == rtype && absolute_name(&rrset.name) == name {
                 let list = found.get_or_insert_with(Vec::new);
-                list.extend(rrset.records.into_iter().filter(|r| !r.disabled).map(|r| r.content));
+                list.extend(
+                    rrset
+                        .records
+                        .into_iter()
+                        .filter(|r| !r.disabled)
+                        .map(|r| r.content),
+                );
             }
         }
         if let Some(list) = found.as_mut() {

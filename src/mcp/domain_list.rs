@@ -57,14 +57,10 @@ impl CodebServer {
         if !(1..=100).contains(&limit) {
             return Err(format!("limit must be between 1 and 100, got {limit}"));
         }
-        let (domains, next_cursor) = domains::domain_list(
-            self.ctx(),
-            p.project.as_deref(),
-            p.cursor.as_deref(),
-            limit,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let (domains, next_cursor) =
+            domains::domain_list(self.ctx(), p.project.as_deref(), p.cursor.as_deref(), limit)
+                .await
+                .map_err(|e| e.to_string())?;
         let pending = domains
             .iter()
             .filter(|d| d.dns_state != "ok" || d.route_state != "ok")
@@ -75,7 +71,11 @@ impl CodebServer {
             format!(
                 "{} domain(s){}; {pending} not fully set up",
                 domains.len(),
-                if next_cursor.is_some() { " (more follow)" } else { "" }
+                if next_cursor.is_some() {
+                    " (more follow)"
+                } else {
+                    ""
+                }
             )
         };
         Ok(Json(DomainListResult {

@@ -107,13 +107,20 @@ impl CodebServer {
         } else {
             let route = match &o.route {
                 Some(r) if o.route_state == "ok" => {
-                    format!("routed to {} (port {}), checked through Caddy", r.slot, r.port)
+                    format!(
+                        "routed to {} (port {}), checked through Caddy",
+                        r.slot, r.port
+                    )
                 }
                 _ => "route pending: no active slot yet, the first promote routes it".into(),
             };
             format!(
                 "{}{} answers {} over DNS; {route}",
-                if o.already { "already set up, checked again: " } else { "" },
+                if o.already {
+                    "already set up, checked again: "
+                } else {
+                    ""
+                },
                 o.domain,
                 strings(&o.dns_answer).join(", ")
             )

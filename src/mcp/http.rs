@@ -120,7 +120,10 @@ async fn tls_ask(
     };
     match crate::ops::domains::tls_allowed(&s.ctx, &domain).await {
         Ok(true) => (StatusCode::OK, "ok\n".to_string()),
-        Ok(false) => (StatusCode::NOT_FOUND, "not a routed host name\n".to_string()),
+        Ok(false) => (
+            StatusCode::NOT_FOUND,
+            "not a routed host name\n".to_string(),
+        ),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }

@@ -171,7 +171,10 @@ fn planned_steps(c: &Checked, route: Option<&DomainRoute>) -> Vec<String> {
     if let Some(v6) = c.ipv6 {
         addrs.push_str(&format!(", AAAA {v6}"));
     }
-    let mut steps = vec![format!("record {} for {} {}", c.domain, c.view.project, c.view.environment)];
+    let mut steps = vec![format!(
+        "record {} for {} {}",
+        c.domain, c.view.project, c.view.environment
+    )];
     steps.push(match &c.managed_zone {
         Some(z) => format!("create zone {z} in PowerDNS if it is missing (managed zone)"),
         None => "find the PowerDNS zone holding it (it must exist)".into(),
@@ -188,13 +191,16 @@ fn planned_steps(c: &Checked, route: Option<&DomainRoute>) -> Vec<String> {
     steps
 }
 
+/// A zone and the A and AAAA contents a name had there before.
+type PreviousAddresses = (String, Option<Vec<String>>, Option<Vec<String>>);
+
 /// What a failed setup changed, to undo in reverse order.
 #[derive(Default)]
 struct Undo {
     row_inserted: bool,
     zone_created: Option<String>,
     /// Zone and the previous A and AAAA contents.
-    addresses: Option<(String, Option<Vec<String>>, Option<Vec<String>>)>,
+    addresses: Option<PreviousAddresses>,
     /// The previous route rrset.
     route: Option<RrsetChange>,
 }
@@ -286,22 +292,35 @@ async fn apply(
     // meet at the primary key.
     op.phase(format!("recording {domain}"));
     let pool = op.ctx().db.pool().await.map_err(ctx_db)?;
-    let kind = if c.managed_zone.is_some() { "managed" } else { "custom" };
+    let kind = if c.managed_zone.is_some() {
+        "managed"
+    } else {
+        "custom"
+    };
     undo.row_inserted = rows::domain_insert(pool, &domain, project_id, env.as_str(), kind)
         .await
         .map_err(ctx_db)?;
     if !undo.row_inserted {
         let owner = rows::domain_get(pool, &domain).await.map_err(ctx_db)?;
-        if let Some(d) = owner.filter(|d| d.project != c.view.project || d.environment != env.as_str()) {
+        if let Some(d) =
+            owner.filter(|d| d.project != c.view.project || d.environment != env.as_str())
+        {
             return Err((
                 "record".into(),
-                format!("domain {domain} was just set up for {} {}", d.project, d.environment),
+                format!(
+                    "domain {domain} was just set up for {} {}",
+                    d.project, d.environment
+                ),
             ));
         }
     }
     done.push(format!(
         "recorded {domain} ({})",
-        if undo.row_inserted { "new" } else { "already there" }
+        if undo.row_inserted {
+            "new"
+        } else {
+            "already there"
+        }
     ));
     // 2. The zone.
     op.phase("finding the zone in PowerDNS");
@@ -324,8 +343,12 @@ async fn apply(
             ))
         }
     };
-    op.journal_note("zone", &format!("zone of {domain}: {zone}"), started.elapsed())
-        .await;
+    op.journal_note(
+        "zone",
+        &format!("zone of {domain}: {zone}"),
+        started.elapsed(),
+    )
+    .await;
     if !zones.contains(&format!("{zone}.")) {
         let body = zone_create_body(&zone, &op.ctx().config.dns_nameservers());
         let started = Instant::now();
@@ -338,7 +361,8 @@ async fn apply(
             Ok(()) => format!("POST zones: created {zone}"),
             Err(e) => format!("POST zones: creating {zone} failed: {e}"),
         };
-        op.journal_note("zone_create", &note, started.elapsed()).await;
+        op.journal_note("zone_create", &note, started.elapsed())
+            .await;
         r.map_err(|e| ("zone_create".to_string(), e.to_string()))?;
         undo.zone_created = Some(zone.clone());
         done.push(format!("created zone {zone}"));
@@ -382,7 +406,8 @@ async fn apply(
         Ok(a) => format!("DNS {} answered {}", c.authoritative, join(a)),
         Err(e) => e.clone(),
     };
-    op.journal_note("dns_verify", &note, started.elapsed()).await;
+    op.journal_note("dns_verify", &note, started.elapsed())
+        .await;
     let dns_answer = answer.map_err(|e| ("dns_verify".to_string(), e))?;
     done.push(format!("{} answers {}", c.authoritative, join(&dns_answer)));
     if let Ok(pool) = op.ctx().db.pool().await {
@@ -469,7 +494,10 @@ fn ctx_list(v: &[String]) -> String {
 }
 
 fn join(v: &[IpAddr]) -> String {
-    v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    v.iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Polls the authoritative server until it answers exactly the expected
@@ -540,7 +568,8 @@ async fn revert(op: &OpHandle<'_>, c: &Checked, undo: Undo) -> String {
                 Ok(()) => "address records put back".to_string(),
                 Err(e) => format!("putting the address records back FAILED ({e})"),
             };
-            op.journal_note("revert_address", &note, started.elapsed()).await;
+            op.journal_note("revert_address", &note, started.elapsed())
+                .await;
             notes.push(note);
         }
     }
@@ -555,7 +584,8 @@ async fn revert(op: &OpHandle<'_>, c: &Checked, undo: Undo) -> String {
             Ok(()) => format!("zone {zone} deleted"),
             Err(e) => format!("deleting zone {zone} FAILED ({e})"),
         };
-        op.journal_note("revert_zone", &note, started.elapsed()).await;
+        op.journal_note("revert_zone", &note, started.elapsed())
+            .await;
         notes.push(note);
     }
     if undo.row_inserted {
@@ -621,7 +651,9 @@ pub async fn domain_list(
     let mut page = rows::domains_page(pool, project, cursor, i64::from(limit) + 1).await?;
     let more = page.len() > limit as usize;
     page.truncate(limit as usize);
-    let next = more.then(|| page.last().map(|d| d.hostname.clone())).flatten();
+    let next = more
+        .then(|| page.last().map(|d| d.hostname.clone()))
+        .flatten();
     let mut out = Vec::with_capacity(page.len());
     let mut views: std::collections::HashMap<(String, String), Option<DomainRoute>> =
         std::collections::HashMap::new();

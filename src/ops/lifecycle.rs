@@ -1159,7 +1159,11 @@ async fn cleanup_failed_deploy(op: &Op<'_>, plan: &DeployPlan) -> String {
 }
 
 /// One atomic PATCH of route rrsets, journaled.
-pub(crate) async fn patch_routes(op: &Op<'_>, step: &str, changes: &[RrsetChange]) -> Result<(), String> {
+pub(crate) async fn patch_routes(
+    op: &Op<'_>,
+    step: &str,
+    changes: &[RrsetChange],
+) -> Result<(), String> {
     let started = Instant::now();
     let zone = op.ctx.config.routing.route_zone.clone();
     let body = srv_patch_body(changes, &op.ctx.config.routing.route_target);

@@ -234,9 +234,18 @@ mod tests {
     #[test]
     fn zone_for_takes_the_longest_suffix_at_a_label_boundary() {
         let zones = ["example.test", "shop.example.test.", "codeb.test", ""];
-        assert_eq!(zone_for("a.shop.example.test", zones).as_deref(), Some("shop.example.test"));
-        assert_eq!(zone_for("Shop.Example.Test.", zones).as_deref(), Some("shop.example.test"));
-        assert_eq!(zone_for("www.example.test", zones).as_deref(), Some("example.test"));
+        assert_eq!(
+            zone_for("a.shop.example.test", zones).as_deref(),
+            Some("shop.example.test")
+        );
+        assert_eq!(
+            zone_for("Shop.Example.Test.", zones).as_deref(),
+            Some("shop.example.test")
+        );
+        assert_eq!(
+            zone_for("www.example.test", zones).as_deref(),
+            Some("example.test")
+        );
         assert_eq!(zone_for("badexample.test", zones), None);
         assert_eq!(zone_for("other.test", zones), None);
     }
@@ -244,18 +253,27 @@ mod tests {
     #[test]
     fn address_bodies_golden() {
         let b = address_patch_body("shop.example.test", "10.77.0.11".parse().unwrap(), None);
-        assert_eq!(b, json!({"rrsets": [
-            {"name": "shop.example.test.", "type": "A", "ttl": 300, "changetype": "REPLACE",
-             "records": [{"content": "10.77.0.11", "disabled": false}]},
-            {"name": "shop.example.test.", "type": "AAAA", "changetype": "DELETE"},
-        ]}));
-        let b = address_patch_body("s.e.test.", "10.0.0.1".parse().unwrap(), Some("fd00::1".parse().unwrap()));
+        assert_eq!(
+            b,
+            json!({"rrsets": [
+                {"name": "shop.example.test.", "type": "A", "ttl": 300, "changetype": "REPLACE",
+                 "records": [{"content": "10.77.0.11", "disabled": false}]},
+                {"name": "shop.example.test.", "type": "AAAA", "changetype": "DELETE"},
+            ]})
+        );
+        let b = address_patch_body(
+            "s.e.test.",
+            "10.0.0.1".parse().unwrap(),
+            Some("fd00::1".parse().unwrap()),
+        );
         assert_eq!(b["rrsets"][1]["records"][0]["content"], "fd00::1");
         let r = address_restore_body("s.e.test", Some(&["10.0.0.9".to_string()]), None);
         assert_eq!(r["rrsets"][0]["records"][0]["content"], "10.0.0.9");
         assert_eq!(r["rrsets"][1]["changetype"], "DELETE");
-        assert_eq!(zone_create_body("example.test", &["ns1.codeb.test".into()]),
-            json!({"name": "example.test.", "kind": "Native", "nameservers": ["ns1.codeb.test."]}));
+        assert_eq!(
+            zone_create_body("example.test", &["ns1.codeb.test".into()]),
+            json!({"name": "example.test.", "kind": "Native", "nameservers": ["ns1.codeb.test."]})
+        );
     }
 
     use super::*;

@@ -265,6 +265,31 @@ async fn domain_setup_answers_dns_routes_and_moves_with_promote_and_rollback() {
             expect_served(domain, "demo v1").await;
             let (_, _, upstream) = through_caddy(domain).await;
             assert_eq!(upstream, port.to_string(), "back on the first slot");
+
+            // health_check: the environment's active and deployed slots and
+            // its route through Caddy (or, past the cap, a say-so).
+            let started = Instant::now();
+            let r = call(&client, "health_check", json!({})).await;
+            let v = structured(&r);
+            eprintln!("health_check took {:?}: {}", started.elapsed(), v["summary"]);
+            let envs = v["environments"].as_array().unwrap();
+            match envs.iter().find(|e| e["project"] == json!(p)) {
+                Some(e) => {
+                    assert_eq!(e["route_ok"], json!(true), "{e}");
+                    let states: Vec<&str> = e["slots"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| s["state"].as_str().unwrap())
+                        .collect();
+                    assert_eq!(states, ["active", "deployed"], "{e}");
+                    assert!(e["slots"].as_array().unwrap().iter().all(|s| s["healthy"] == json!(true)), "{e}");
+                }
+                None => {
+                    assert!(v["environments_skipped"].as_u64().unwrap() > 0, "{v}");
+                    assert!(v["summary"].as_str().unwrap().contains("not checked"), "{v}");
+                }
+            }
         },
         async {
             forget_domain(domain).await;
@@ -296,7 +321,7 @@ async fn domain_without_active_slot_waits_for_the_first_promote() {
             assert_eq!(v["route_state"], json!("pending"), "{v}");
             assert!(v["summary"].as_str().unwrap().contains("pending"), "{v}");
             assert_eq!(dig_a(&domain).await, vec![app_address()]);
-            assert_eq!(pdns_state(&domain).await.1, false, "no route yet");
+            assert!(!pdns_state(&domain).await.1, "no route yet");
             deploy_and_promote(&client, &p, "v1").await;
             expect_served(&domain, "demo v1").await;
             let listed = list_domains(&client, &p).await;
@@ -327,6 +352,8 @@ async fn invalid_domains_are_refused_and_change_nothing() {
                 ".example.test",
                 long.as_str(),
                 "-shop.example.test",
+                &format!("-{p}.example.test"),
+                &format!("{p}..example.test"),
                 "shop-.example.test",
                 "bücher.example.test",
                 "*.example.test",
@@ -359,7 +386,11 @@ async fn invalid_domains_are_refused_and_change_nothing() {
                 .map(|d| d["operation"].as_str().unwrap())
                 .collect();
             assert!(!ops.contains(&"domain_setup"), "no operation ran: {ops:?}");
-            assert_eq!(pdns_state("shop.example.test").await.1, false);
+            assert_eq!(
+                pdns_state(&format!("{p}.example.test")).await,
+                (None, false),
+                "no record, no route"
+            );
         },
         async { remove_project(&p).await },
     )
@@ -411,8 +442,14 @@ async fn powerdns_down_fails_cleanly_and_existing_domains_keep_serving() {
             let text = error_text(&r);
             eprintln!("domain_setup with PowerDNS stopped failed after {took:?}: {text}");
             assert!(text.contains("PowerDNS"), "{text}");
-            assert!(text.contains("domain record removed"), "says what was reverted: {text}");
-            assert!(text.contains("domain_setup again"), "says what to do: {text}");
+            assert!(
+                text.contains("domain record removed"),
+                "says what was reverted: {text}"
+            );
+            assert!(
+                text.contains("domain_setup again"),
+                "says what to do: {text}"
+            );
             assert!(took < Duration::from_secs(30), "{took:?}");
             // Caddy keeps its last SRV answers meanwhile (grace_period).
             for _ in 0..3 {
