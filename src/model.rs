@@ -393,7 +393,7 @@ mod tests {
                 "a".repeat(63),
                 "b".repeat(63),
                 "c".repeat(63),
-                "d".repeat(57)
+                "d".repeat(56)
             ]
             .join(".")
         );
