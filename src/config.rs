@@ -84,6 +84,73 @@ pub struct Config {
     /// Environment variable settings.
     #[serde(default)]
     pub env: EnvConfig,
+    /// Public DNS of domains set up with domain_setup (DESIGN §4).
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// Public DNS records of domains (DESIGN §4).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Zones codeb may create in PowerDNS when a domain under them is set up
+    /// (e.g. `["example.com"]`). Domains in zones PowerDNS already holds
+    /// work without being listed.
+    #[serde(default)]
+    pub managed_zones: Vec<String>,
+    /// IPv4 address A records point at; default: the app server's address
+    /// when it is an IPv4 address.
+    #[serde(default)]
+    pub app_ipv4: Option<std::net::Ipv4Addr>,
+    /// IPv6 address AAAA records point at; none when unset.
+    #[serde(default)]
+    pub app_ipv6: Option<std::net::Ipv6Addr>,
+    /// Authoritative DNS server codeb asks to verify records
+    /// (`address:port`); default: the app server's address, port 53.
+    #[serde(default)]
+    pub authoritative: Option<std::net::SocketAddr>,
+    /// Name servers of zones codeb creates; default `ns1.{routing.base_domain}`.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+}
+
+impl Config {
+    /// The IPv4 address domains point at: `dns.app_ipv4`, else the app
+    /// server's address when it is an IPv4 address.
+    pub fn domain_ipv4(&self) -> Option<std::net::Ipv4Addr> {
+        self.dns.app_ipv4.or_else(|| {
+            self.app_server()
+                .and_then(|s| s.address.parse::<std::net::Ipv4Addr>().ok())
+        })
+    }
+
+    /// The authoritative DNS server to verify records with:
+    /// `dns.authoritative`, else the app server's address on port 53.
+    pub fn dns_authoritative(&self) -> Option<std::net::SocketAddr> {
+        self.dns.authoritative.or_else(|| {
+            self.app_server()
+                .and_then(|s| s.address.parse::<IpAddr>().ok())
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
+    }
+
+    /// Name servers given to zones codeb creates.
+    pub fn dns_nameservers(&self) -> Vec<String> {
+        if self.dns.nameservers.is_empty() {
+            vec![format!(
+                "ns1.{}",
+                self.routing.base_domain.trim_end_matches('.')
+            )]
+        } else {
+            self.dns.nameservers.clone()
+        }
+    }
+
+    fn app_server(&self) -> Option<&ServerConfig> {
+        self.servers
+            .iter()
+            .find(|s| s.roles.contains(&crate::model::ServerRole::App))
+    }
 }
 
 /// Environment variable settings (DESIGN §3).
@@ -574,6 +641,14 @@ impl Config {
             ("routing.preview_domain", &self.routing.preview_domain),
         ] {
             validate_hostname(value).map_err(|e| ConfigError::new(field, e))?;
+        }
+        for (i, z) in self.dns.managed_zones.iter().enumerate() {
+            crate::model::normalize_domain(z, false)
+                .map_err(|e| ConfigError::new(format!("dns.managed_zones[{i}]"), e.0))?;
+        }
+        for (i, n) in self.dns.nameservers.iter().enumerate() {
+            crate::model::normalize_domain(n, false)
+                .map_err(|e| ConfigError::new(format!("dns.nameservers[{i}]"), e.0))?;
         }
         if self.servers.is_empty() {
             return Err(ConfigError::new("servers", "at least one server is needed"));

@@ -293,9 +293,149 @@ pub fn validate_hostname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A domain as given to domain_setup (or a zone in config), checked and
+/// normalised: one trailing dot is allowed and dropped, letters are
+/// lowercased, and then the name must have at least two labels of 1-63
+/// letters, digits and '-' (not at either end), 253 characters at most.
+/// Unicode is refused: give it as punycode (`xn--...`). A leading `*.`
+/// label is accepted only with `allow_wildcard`. The message says what is
+/// accepted.
+pub fn normalize_domain(input: &str, allow_wildcard: bool) -> Result<String, Invalid> {
+    const ACCEPTED: &str =
+        "a domain is letters, digits and '-' in dot-separated labels, e.g. shop.example.com";
+    let bad = |why: String| {
+        Err(Invalid(format!(
+            "domain {}: {why}; {ACCEPTED}",
+            describe_input(input)
+        )))
+    };
+    if input.len() > MAX_NAME_LEN + 1 {
+        return bad(format!("{} characters is longer than 253", input.len()));
+    }
+    if !input.is_ascii() {
+        return bad(
+            "has non-ASCII characters: give an internationalised name as punycode (xn--...)".into(),
+        );
+    }
+    let name = input
+        .strip_suffix('.')
+        .unwrap_or(input)
+        .to_ascii_lowercase();
+    if name.is_empty() {
+        return bad("is empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad(format!("{} characters is longer than 253", name.len()));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < 2 {
+        return bad("needs at least two labels".into());
+    }
+    for (i, label) in labels.iter().enumerate() {
+        if label.is_empty() {
+            return bad("has an empty label (two dots in a row, or a leading dot)".into());
+        }
+        if *label == "*" {
+            if i == 0 && allow_wildcard {
+                continue;
+            }
+            return bad("wildcards are not accepted here".into());
+        }
+        if label.len() > 63 {
+            return bad(format!(
+                "label of {} characters is longer than 63",
+                label.len()
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad(format!("label {label:?} starts or ends with '-'"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return bad(format!(
+                "label {} has characters other than letters, digits and '-'",
+                describe_input(label)
+            ));
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|t| t.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return bad("ends with a numeric label (an IP address is not a domain)".into());
+    }
+    Ok(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn domains_are_normalised() {
+        assert_eq!(
+            normalize_domain("Shop.Example.TEST.", false).unwrap(),
+            "shop.example.test"
+        );
+        assert_eq!(
+            normalize_domain("xn--bcher-kva.example", false).unwrap(),
+            "xn--bcher-kva.example"
+        );
+        assert_eq!(
+            normalize_domain("*.example.test", true).unwrap(),
+            "*.example.test"
+        );
+        let long_ok = format!(
+            "{}.test",
+            [
+                "a".repeat(63),
+                "b".repeat(63),
+                "c".repeat(63),
+                "d".repeat(56)
+            ]
+            .join(".")
+        );
+        assert_eq!(long_ok.len(), 253);
+        assert!(normalize_domain(&long_ok, false).is_ok());
+    }
+
+    #[test]
+    fn bad_domains_are_refused_with_advice() {
+        let huge = "a".repeat(1 << 20);
+        let long = format!("{}.test", "a.".repeat(148));
+        for bad in [
+            "",
+            ".",
+            "shop..example.test",
+            ".shop.example.test",
+            "shop.example.test..",
+            "-shop.example.test",
+            "shop-.example.test",
+            "shäp.example.test",
+            "*.example.test",
+            "shop.*.test",
+            "localhost",
+            "shop_1.example.test",
+            "shop example.test",
+            "1.2.3.4",
+            &long,
+            &huge,
+            &"a".repeat(64),
+            "x.\n.test",
+            "shop.example.test\n",
+        ] {
+            let e = normalize_domain(bad, false).unwrap_err();
+            assert!(e.0.contains("e.g. shop.example.com"), "{bad:?}: {e}");
+            assert!(e.0.len() < 400, "{e}");
+        }
+        assert!(normalize_domain("a.*.test", true).is_err());
+        assert!(normalize_domain("shäp.example.test", false)
+            .unwrap_err()
+            .0
+            .contains("punycode"));
+    }
 
     #[test]
     fn project_names() {

@@ -1,6 +1,7 @@
 //! EFFECTS: the only code that touches servers and their APIs. Runs
 //! `RemoteCmd` values built by `plan`; never builds commands from input.
 
+pub mod dns;
 pub mod fake;
 pub mod fleet;
 pub mod local;

@@ -259,6 +259,79 @@ impl PdnsClient {
             .collect())
     }
 
+    /// The names of every zone on the server, absolute, sorted.
+    pub async fn zones(&self) -> Result<Vec<String>, PdnsError> {
+        #[derive(Deserialize)]
+        struct ZoneItem {
+            name: String,
+        }
+        let url = self.url(&["zones"])?;
+        let resp = self.send(Method::GET, url, None, "").await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| self.unreachable(&e, "reading the zone list"))?;
+        let items: Vec<ZoneItem> = serde_json::from_slice(&bytes).map_err(|e| {
+            PdnsError::Unexpected(format!(
+                "the zone list from {} is not a PowerDNS answer ({e}): check pdns.api_url",
+                self.label
+            ))
+        })?;
+        let mut names: Vec<String> = items.into_iter().map(|z| absolute_name(&z.name)).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Creates a zone (`POST /zones`) from `body` as built by
+    /// `plan::dns::zone_create_body`.
+    pub async fn create_zone(&self, body: &Value) -> Result<(), PdnsError> {
+        let url = self.url(&["zones"])?;
+        self.send(Method::POST, url, Some(body), "").await?;
+        Ok(())
+    }
+
+    /// Deletes the zone `zone` with every record in it.
+    pub async fn delete_zone(&self, zone: &str) -> Result<(), PdnsError> {
+        let zone = absolute_name(zone);
+        let url = self.url(&["zones", &zone])?;
+        self.send(Method::DELETE, url, None, &zone).await?;
+        Ok(())
+    }
+
+    /// The enabled record contents of the rrset (`name`, `rtype`) in `zone`,
+    /// sorted; `None` when there is no such rrset.
+    pub async fn rrset_contents(
+        &self,
+        zone: &str,
+        name: &str,
+        rtype: &str,
+    ) -> Result<Option<Vec<String>>, PdnsError> {
+        let zone = absolute_name(zone);
+        let name = absolute_name(name);
+        let mut url = self.url(&["zones", &zone])?;
+        url.query_pairs_mut()
+            .append_pair("rrset_name", &name)
+            .append_pair("rrset_type", rtype);
+        let doc = self.zone_doc(url, &zone).await?;
+        let mut found: Option<Vec<String>> = None;
+        for rrset in doc.rrsets {
+            if rrset.rtype == rtype && absolute_name(&rrset.name) == name {
+                let list = found.get_or_insert_with(Vec::new);
+                list.extend(
+                    rrset
+                        .records
+                        .into_iter()
+                        .filter(|r| !r.disabled)
+                        .map(|r| r.content),
+                );
+            }
+        }
+        if let Some(list) = found.as_mut() {
+            list.sort();
+        }
+        Ok(found)
+    }
+
     /// Cheap authenticated check (GET /api/v1/servers/{id}): the API answers
     /// and accepts the key.
     pub async fn ping(&self) -> Result<(), PdnsError> {

@@ -63,6 +63,10 @@ pub struct HealthCheckResult {
     pub database: DatabaseHealth,
     /// Each checked server.
     pub servers: Vec<ServerHealth>,
+    /// Project environments with an active slot (all servers only; capped).
+    pub environments: Vec<crate::ops::health::EnvHealth>,
+    /// Environments with an active slot not checked because of the cap.
+    pub environments_skipped: usize,
 }
 
 /// Health of codeb's state database.
@@ -76,7 +80,7 @@ pub struct DatabaseHealth {
 
 #[tool_router(router = health_check_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Check each server (SSH reachability, latency) and the services codeb needs: podman, Caddy, PowerDNS; PostgreSQL, Redis, registry; streaming health; backup disk; and codeb's state database.
+    /// Check each server (SSH reachability, latency), its services (podman, Caddy, PowerDNS / PostgreSQL, Redis, registry / streaming / backup disk) and the state database; without `server`, also each environment's active and deployed slots and its route through Caddy (capped).
     #[tool(
         name = "health_check",
         title = "Check fleet health",
@@ -109,7 +113,13 @@ impl CodebServer {
             .servers()
             .filter(|(s, _)| p.server.as_ref().is_none_or(|n| &s.name == n))
             .map(|(s, r)| check_server(&config, s, r.clone()));
-        let (reports, db) = tokio::join!(join_all(checks), ctx.db.ping());
+        let envs = async {
+            if p.server.is_some() {
+                return Ok((Vec::new(), 0));
+            }
+            crate::ops::health::check_environments(ctx).await
+        };
+        let (reports, db, envs) = tokio::join!(join_all(checks), ctx.db.ping(), envs);
         let database = match db {
             Ok(d) => DatabaseHealth {
                 healthy: true,
@@ -166,11 +176,38 @@ impl CodebServer {
         if !database.healthy {
             summary.push_str("; state database unavailable");
         }
+        let (environments, total) = envs.unwrap_or_default();
+        let skipped = total.saturating_sub(environments.len());
+        if total > 0 {
+            let bad: Vec<String> = environments
+                .iter()
+                .filter(|e| !e.healthy)
+                .map(|e| format!("{} {}", e.project, e.environment))
+                .collect();
+            summary.push_str(&format!(
+                "; {}/{} environments healthy",
+                environments.len() - bad.len(),
+                environments.len()
+            ));
+            if !bad.is_empty() {
+                summary.push_str(&format!(" (unhealthy: {})", bad.join(", ")));
+            }
+            if skipped > 0 {
+                summary.push_str(&format!(
+                    "; {skipped} more not checked (cap {}): use slot_status per project",
+                    crate::ops::health::MAX_ENVS_CHECKED
+                ));
+            }
+        }
         Ok(Json(HealthCheckResult {
-            healthy: ok == servers.len() && database.healthy,
+            healthy: ok == servers.len()
+                && database.healthy
+                && environments.iter().all(|e| e.healthy),
             summary,
             database,
             servers,
+            environments,
+            environments_skipped: skipped,
         }))
     }
 }

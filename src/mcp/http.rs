@@ -1,6 +1,7 @@
-//! Streamable HTTP transport (DESIGN §5): `/mcp` plus `/healthz`, `/readyz`
-//! and `/metrics`. TCP_NODELAY on every accepted connection, Host and Origin
-//! allowlists from config, 1 MiB body limit.
+//! Streamable HTTP transport (DESIGN §5): `/mcp` plus `/healthz`, `/readyz`,
+//! `/metrics` and Caddy's on-demand TLS `ask` at `/tls/ask?domain=`.
+//! TCP_NODELAY on every accepted connection, Host and Origin allowlists
+//! from config, 1 MiB body limit.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +91,7 @@ pub fn router(ctx: Arc<Ctx>, bound: SocketAddr, cancel: CancellationToken) -> Ro
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/tls/ask", get(tls_ask))
         .with_state(state)
 }
 
@@ -97,6 +99,32 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     match s.ctx.db.ping().await {
         Ok(_) => (StatusCode::OK, "ready\n".to_string()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+    }
+}
+
+/// Query of the on-demand TLS `ask` endpoint.
+#[derive(serde::Deserialize)]
+struct AskQuery {
+    domain: Option<String>,
+}
+
+/// Caddy's on-demand TLS `ask` (DESIGN §2): 200 only for host names in
+/// codeb's route table, 404 for any other (or invalid) name, 400 without
+/// `domain`, 503 when the state database does not answer.
+async fn tls_ask(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<AskQuery>,
+) -> impl IntoResponse {
+    let Some(domain) = q.domain.filter(|d| !d.is_empty()) else {
+        return (StatusCode::BAD_REQUEST, "missing ?domain=\n".to_string());
+    };
+    match crate::ops::domains::tls_allowed(&s.ctx, &domain).await {
+        Ok(true) => (StatusCode::OK, "ok\n".to_string()),
+        Ok(false) => (
+            StatusCode::NOT_FOUND,
+            "not a routed host name\n".to_string(),
+        ),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }
 

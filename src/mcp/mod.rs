@@ -10,6 +10,8 @@ pub mod backup_list;
 pub mod compact;
 pub mod deploy;
 pub mod deployment_list;
+pub mod domain_list;
+pub mod domain_setup;
 pub mod drift_report;
 pub mod env;
 pub mod health_check;
@@ -105,6 +107,8 @@ impl CodebServer {
             + Self::env_router()
             + Self::backup_create_router()
             + Self::backup_list_router()
+            + Self::domain_setup_router()
+            + Self::domain_list_router()
     }
 
     /// The router, for sharing between sessions.

@@ -150,6 +150,171 @@ pub async fn check_server(
     report
 }
 
+/// Most project environments health_check probes in one call; the rest
+/// are counted and named as skipped, so the tool stays fast.
+pub const MAX_ENVS_CHECKED: usize = 25;
+/// Probes in flight at once (direct slot probes and Caddy requests).
+const ENV_PROBE_CONCURRENCY: usize = 8;
+/// Limit of one slot probe or one request through Caddy.
+const ENV_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Direct health of one slot.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct SlotHealth {
+    /// blue or green.
+    pub slot: String,
+    /// active or deployed.
+    pub state: String,
+    /// Host port.
+    pub port: u16,
+    /// GET health path answered 200.
+    pub healthy: bool,
+    /// HTTP status or why there was no answer.
+    pub detail: String,
+}
+
+/// Health of one project environment with an active slot.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct EnvHealth {
+    /// Project.
+    pub project: String,
+    /// Environment.
+    pub environment: String,
+    /// Active and deployed slots, probed directly.
+    pub slots: Vec<SlotHealth>,
+    /// Host name requested through Caddy.
+    pub route_host: String,
+    /// Caddy answered 2xx from the active slot's port.
+    pub route_ok: bool,
+    /// Status and upstream seen through Caddy, or the error.
+    pub route_detail: String,
+    /// Every slot healthy and the route ok.
+    pub healthy: bool,
+}
+
+/// Probes up to `MAX_ENVS_CHECKED` project environments that have an
+/// active slot: their active and deployed slots directly and the route
+/// through Caddy, concurrently. Returns them and how many exist in all.
+pub async fn check_environments(ctx: &crate::ops::Ctx) -> Result<(Vec<EnvHealth>, usize), String> {
+    use futures::StreamExt;
+    let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
+    let rows: Vec<(String, String, String, String, i32, String)> = sqlx::query_as(
+        "SELECT p.name, s.environment, s.slot, s.state, pe.base_port, p.health_path
+           FROM slots s
+           JOIN projects p ON p.id = s.project_id
+           JOIN project_environments pe ON pe.project_id = s.project_id AND pe.environment = s.environment
+          WHERE p.deleted_at IS NULL AND s.state IN ('active', 'deployed')
+            AND EXISTS (SELECT 1 FROM slots a WHERE a.project_id = s.project_id
+                          AND a.environment = s.environment AND a.state = 'active')
+          ORDER BY p.name, s.environment, s.slot",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    type Env = (String, String, String, Vec<(String, String, u16)>);
+    let mut envs: Vec<Env> = Vec::new();
+    for (project, env, slot, state, base, path) in rows {
+        let port = (base as u16).saturating_add(u16::from(slot == "green"));
+        match envs.last_mut() {
+            Some(e) if e.0 == project && e.1 == env => e.3.push((slot, state, port)),
+            _ => envs.push((project, env, path, vec![(slot, state, port)])),
+        }
+    }
+    let total = envs.len();
+    envs.truncate(MAX_ENVS_CHECKED);
+    let caddy = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(ENV_PROBE_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let base_url = ctx
+        .config
+        .routing
+        .public_http
+        .trim_end_matches('/')
+        .to_string();
+    let checks = envs.into_iter().map(|(project, env, path, slots)| {
+        let caddy = caddy.clone();
+        let base_url = base_url.clone();
+        async move {
+            let environment = crate::model::Environment::parse(&env)
+                .unwrap_or(crate::model::Environment::Production);
+            let route_host = crate::plan::dns::env_hostnames(
+                &project,
+                environment,
+                &ctx.config.routing.base_domain,
+            )
+            .remove(0);
+            let active_port = slots
+                .iter()
+                .find(|s| s.1 == "active")
+                .map(|s| s.2)
+                .unwrap_or(0);
+            let probes = slots.iter().map(|(slot, state, port)| {
+                let path = path.clone();
+                async move {
+                    let r =
+                        crate::ops::probe::probe_slot(ctx, *port, &path, ENV_PROBE_TIMEOUT).await;
+                    let (healthy, detail) = match r {
+                        Ok(seen) => (seen.healthy(), seen.to_string()),
+                        Err(e) => (false, e),
+                    };
+                    SlotHealth {
+                        slot: slot.clone(),
+                        state: state.clone(),
+                        port: *port,
+                        healthy,
+                        detail,
+                    }
+                }
+            });
+            let route = caddy
+                .get(format!("{base_url}/"))
+                .header("host", route_host.as_str())
+                .send();
+            let (slots, route) = tokio::join!(join_all(probes), route);
+            let (route_ok, route_detail) = match route {
+                Ok(r) => {
+                    let upstream = r
+                        .headers()
+                        .get(crate::ops::lifecycle::UPSTREAM_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    let ok = r.status().is_success() && upstream == active_port.to_string();
+                    (
+                        ok,
+                        format!("HTTP {} from upstream {upstream:?}", r.status().as_u16()),
+                    )
+                }
+                Err(e) => (
+                    false,
+                    if e.is_timeout() {
+                        "no answer in time".into()
+                    } else {
+                        e.to_string()
+                    },
+                ),
+            };
+            EnvHealth {
+                healthy: route_ok && slots.iter().all(|s| s.healthy),
+                project,
+                environment: env,
+                slots,
+                route_host,
+                route_ok,
+                route_detail,
+            }
+        }
+    });
+    let checked: Vec<EnvHealth> = futures::stream::iter(checks)
+        .buffered(ENV_PROBE_CONCURRENCY)
+        .collect()
+        .await;
+    Ok((checked, total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

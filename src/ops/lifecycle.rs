@@ -151,7 +151,12 @@ pub(crate) struct Op<'a> {
     app_unreachable: AtomicBool,
 }
 
-impl Op<'_> {
+impl<'a> Op<'a> {
+    /// The shared context.
+    pub(crate) fn ctx(&self) -> &'a Ctx {
+        self.ctx
+    }
+
     fn env(&self) -> &str {
         self.row.view.environment.as_str()
     }
@@ -171,6 +176,11 @@ impl Op<'_> {
             .for_role(ServerRole::App)
             .map(|(_, r)| r.clone())
             .ok_or_else(|| "no app server configured".to_string())
+    }
+
+    /// What the operation observed under its lease.
+    pub(crate) fn row(&self) -> &EnvRow {
+        &self.row
     }
 
     /// The operation's id.
@@ -271,7 +281,7 @@ impl Op<'_> {
         }
     }
 
-    async fn journal_note(&self, step: &str, note: &str, duration: Duration) {
+    pub(crate) async fn journal_note(&self, step: &str, note: &str, duration: Duration) {
         if let Ok(pool) = self.ctx.db.pool().await {
             let _ =
                 journal::step_append(pool, self.id, step, None, &[], None, Some(note), duration)
@@ -504,8 +514,17 @@ async fn recover(ctx: &Ctx, row: &EnvRow, r: &journal::Recovered) {
                     .in_state(SlotState::Grace)
                     .or_else(|| v.in_state(SlotState::Deployed))
                     .map(|s| v.port(s.slot));
-                let hosts =
+                let mut hosts =
                     env_hostnames(&v.project, v.environment, &ctx.config.routing.base_domain);
+                if let Ok(d) = crate::state::domains::domains_for_env(
+                    pool,
+                    fresh.project_id,
+                    v.environment.as_str(),
+                )
+                .await
+                {
+                    hosts.extend(d);
+                }
                 let changes = crate::plan::switch::route_changes(
                     &hosts,
                     &ctx.config.routing.route_zone,
@@ -1141,7 +1160,11 @@ async fn cleanup_failed_deploy(op: &Op<'_>, plan: &DeployPlan) -> String {
 }
 
 /// One atomic PATCH of route rrsets, journaled.
-async fn patch_routes(op: &Op<'_>, step: &str, changes: &[RrsetChange]) -> Result<(), String> {
+pub(crate) async fn patch_routes(
+    op: &Op<'_>,
+    step: &str,
+    changes: &[RrsetChange],
+) -> Result<(), String> {
     let started = Instant::now();
     let zone = op.ctx.config.routing.route_zone.clone();
     let body = srv_patch_body(changes, &op.ctx.config.routing.route_target);
@@ -1255,12 +1278,18 @@ pub async fn rollback(
     .await
 }
 
-fn plan_switch(ctx: &Ctx, operation: &str, view: &EnvView) -> Result<SwitchPlan, OpError> {
-    let hosts = env_hostnames(
+fn plan_switch(
+    ctx: &Ctx,
+    operation: &str,
+    view: &EnvView,
+    domains: &[String],
+) -> Result<SwitchPlan, OpError> {
+    let mut hosts = env_hostnames(
         &view.project,
         view.environment,
         &ctx.config.routing.base_domain,
     );
+    hosts.extend(domains.iter().cloned());
     let zone = &ctx.config.routing.route_zone;
     let now = Utc::now();
     let r = if operation == "promote" {
@@ -1269,6 +1298,16 @@ fn plan_switch(ctx: &Ctx, operation: &str, view: &EnvView) -> Result<SwitchPlan,
         plan_rollback(view, &hosts, zone, now)
     };
     r.map_err(|e| OpError::Refused(e.0))
+}
+
+/// The domains (domain_setup) of one environment, routed with its hosts.
+async fn env_domains(
+    ctx: &Ctx,
+    project_id: i64,
+    environment: Environment,
+) -> Result<Vec<String>, OpError> {
+    let pool = ctx.db.pool().await?;
+    Ok(crate::state::domains::domains_for_env(pool, project_id, environment.as_str()).await?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1285,7 +1324,8 @@ async fn switch(
 ) -> Result<Outcome<SwitchPlan, SwitchOutcome>, OpError> {
     let observed = observe(ctx, project, environment).await?;
     if dry_run {
-        return plan_switch(ctx, operation, &observed.view).map(Outcome::Planned);
+        let domains = env_domains(ctx, observed.project_id, environment).await?;
+        return plan_switch(ctx, operation, &observed.view, &domains).map(Outcome::Planned);
     }
     let mut op = match begin(
         ctx,
@@ -1305,7 +1345,12 @@ async fn switch(
         Ok(op) => op,
         Err(_) => unreachable!("no idempotency key"),
     };
-    let plan = match plan_switch(ctx, operation, &op.row.view) {
+    // Custom domains (domain_setup) move with the environment's own hosts.
+    let planned = match env_domains(ctx, op.row.project_id, environment).await {
+        Ok(domains) => plan_switch(ctx, operation, &op.row.view, &domains),
+        Err(e) => Err(e),
+    };
+    let plan = match planned {
         Ok(p) => p,
         Err(e) => {
             op.finish(false, Some(&e.to_string()), None).await?;
@@ -1343,6 +1388,14 @@ async fn switch(
                 hosts: plan.hosts.clone(),
                 switch_visible_ms: visible.as_millis() as u64,
             };
+            if let Ok(pool) = ctx.db.pool().await {
+                let _ = crate::state::domains::domains_mark_routed(
+                    pool,
+                    op.row.project_id,
+                    environment.as_str(),
+                )
+                .await;
+            }
             op.phase("done");
             let result = serde_json::to_value(&outcome).ok();
             op.finish(true, None, result.as_ref()).await?;
@@ -1629,7 +1682,8 @@ pub async fn slot_cleanup(
             continue;
         };
         let row = observe(ctx, &name, env).await?;
-        let hosts = env_hostnames(&name, env, &ctx.config.routing.base_domain);
+        let mut hosts = env_hostnames(&name, env, &ctx.config.routing.base_domain);
+        hosts.extend(env_domains(ctx, row.project_id, env).await?);
         let Some(plan) = plan_cleanup(
             &row.view,
             &hosts,

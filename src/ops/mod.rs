@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod caddy;
+pub mod domains;
 pub mod drift;
 pub mod env;
 pub mod health;

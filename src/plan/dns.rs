@@ -165,8 +165,117 @@ pub fn parse_srv_content(content: &str) -> Option<SrvTarget> {
     Some(SrvTarget { priority, port })
 }
 
+/// TTL of a domain's A/AAAA records, in seconds: short enough that moving
+/// the app server is not stuck in caches for long.
+pub const ADDRESS_TTL: u32 = 300;
+
+/// The zone `domain` belongs to among `zones` (names without trailing dot):
+/// the longest one that equals `domain` or is a suffix of it at a label
+/// boundary. `None` when no zone contains it.
+pub fn zone_for<'a>(domain: &str, zones: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let domain = bare(domain);
+    zones
+        .into_iter()
+        .map(bare)
+        .filter(|z| !z.is_empty() && (domain == *z || domain.ends_with(&format!(".{z}"))))
+        .max_by_key(|z| z.len())
+}
+
+/// The PATCH body that makes `name` hold exactly the A record `ipv4` and,
+/// when given, the AAAA record `ipv6` (no AAAA given: any AAAA rrset is
+/// deleted, so the name answers only what codeb set).
+pub fn address_patch_body(
+    name: &str,
+    ipv4: std::net::Ipv4Addr,
+    ipv6: Option<std::net::Ipv6Addr>,
+) -> Value {
+    let name = absolute_name(name);
+    let a = json!({
+        "name": name, "type": "A", "ttl": ADDRESS_TTL, "changetype": "REPLACE",
+        "records": [{"content": ipv4.to_string(), "disabled": false}],
+    });
+    let aaaa = match ipv6 {
+        Some(v6) => json!({
+            "name": name, "type": "AAAA", "ttl": ADDRESS_TTL, "changetype": "REPLACE",
+            "records": [{"content": v6.to_string(), "disabled": false}],
+        }),
+        None => json!({"name": name, "type": "AAAA", "changetype": "DELETE"}),
+    };
+    json!({ "rrsets": [a, aaaa] })
+}
+
+/// The PATCH body that puts `name`'s A and AAAA rrsets back as they were:
+/// each given list of contents is restored (with `ADDRESS_TTL`), an absent
+/// one deleted.
+pub fn address_restore_body(name: &str, a: Option<&[String]>, aaaa: Option<&[String]>) -> Value {
+    let name = absolute_name(name);
+    let one = |rtype: &str, contents: Option<&[String]>| match contents {
+        Some(c) if !c.is_empty() => json!({
+            "name": name, "type": rtype, "ttl": ADDRESS_TTL, "changetype": "REPLACE",
+            "records": c.iter().map(|x| json!({"content": x, "disabled": false})).collect::<Vec<_>>(),
+        }),
+        _ => json!({"name": name, "type": rtype, "changetype": "DELETE"}),
+    };
+    json!({ "rrsets": [one("A", a), one("AAAA", aaaa)] })
+}
+
+/// The body of `POST /zones` that creates the native zone `zone` with the
+/// given name servers (absolute names).
+pub fn zone_create_body(zone: &str, nameservers: &[String]) -> Value {
+    json!({
+        "name": absolute_name(zone),
+        "kind": "Native",
+        "nameservers": nameservers.iter().map(|n| absolute_name(n)).collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn zone_for_takes_the_longest_suffix_at_a_label_boundary() {
+        let zones = ["example.test", "shop.example.test.", "codeb.test", ""];
+        assert_eq!(
+            zone_for("a.shop.example.test", zones).as_deref(),
+            Some("shop.example.test")
+        );
+        assert_eq!(
+            zone_for("Shop.Example.Test.", zones).as_deref(),
+            Some("shop.example.test")
+        );
+        assert_eq!(
+            zone_for("www.example.test", zones).as_deref(),
+            Some("example.test")
+        );
+        assert_eq!(zone_for("badexample.test", zones), None);
+        assert_eq!(zone_for("other.test", zones), None);
+    }
+
+    #[test]
+    fn address_bodies_golden() {
+        let b = address_patch_body("shop.example.test", "10.77.0.11".parse().unwrap(), None);
+        assert_eq!(
+            b,
+            json!({"rrsets": [
+                {"name": "shop.example.test.", "type": "A", "ttl": 300, "changetype": "REPLACE",
+                 "records": [{"content": "10.77.0.11", "disabled": false}]},
+                {"name": "shop.example.test.", "type": "AAAA", "changetype": "DELETE"},
+            ]})
+        );
+        let b = address_patch_body(
+            "s.e.test.",
+            "10.0.0.1".parse().unwrap(),
+            Some("fd00::1".parse().unwrap()),
+        );
+        assert_eq!(b["rrsets"][1]["records"][0]["content"], "fd00::1");
+        let r = address_restore_body("s.e.test", Some(&["10.0.0.9".to_string()]), None);
+        assert_eq!(r["rrsets"][0]["records"][0]["content"], "10.0.0.9");
+        assert_eq!(r["rrsets"][1]["changetype"], "DELETE");
+        assert_eq!(
+            zone_create_body("example.test", &["ns1.codeb.test".into()]),
+            json!({"name": "example.test.", "kind": "Native", "nameservers": ["ns1.codeb.test."]})
+        );
+    }
+
     use super::*;
 
     const ZONE: &str = "route.codeb.test";

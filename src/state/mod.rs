@@ -3,6 +3,7 @@
 
 pub mod backups;
 pub mod deployments;
+pub mod domains;
 pub mod drift;
 pub mod envvars;
 pub mod projects;

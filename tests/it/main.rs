@@ -8,6 +8,7 @@ mod caddy;
 mod cli;
 mod common;
 mod db;
+mod domains;
 mod drift;
 mod env;
 mod faults;
