@@ -192,6 +192,48 @@ pub fn describe_input(s: &str) -> String {
     format!("{s:?}")
 }
 
+/// Access roles, ordered (DESIGN §6): viewer < member < admin < owner.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Deploys and changes env.
+    Member,
+    /// Creates projects, manages keys, approves.
+    Admin,
+    /// Everything, including protected env keys.
+    Owner,
+}
+
+impl Role {
+    /// Every role, lowest first.
+    pub const ALL: [Role; 4] = [Self::Viewer, Self::Member, Self::Admin, Self::Owner];
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Member => "member",
+            Self::Admin => "admin",
+            Self::Owner => "owner",
+        }
+    }
+
+    /// Parses the lowercase name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Project names: `^[a-z][a-z0-9-]{1,30}[a-z0-9]$` (DESIGN §2).
 pub fn validate_project_name(name: &str) -> Result<(), Invalid> {
     let ok = name.len() >= 3

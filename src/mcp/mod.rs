@@ -132,22 +132,19 @@ impl CodebServer {
     }
 
     /// Who is calling. Until API keys land (issue [5]) every caller is the
-    /// local operator.
+    /// local operator, owner of the default team.
     pub fn caller(&self) -> crate::ops::lifecycle::Caller {
-        crate::ops::lifecycle::Caller {
-            principal: "local".into(),
-        }
+        crate::ops::lifecycle::Caller::local_owner()
     }
 
     /// The caller's team.
     pub fn caller_team(&self) -> String {
-        "default".into()
+        self.caller().team
     }
 
     /// Whether the caller is an owner (may change protected env keys).
-    /// The local operator is the owner (DESIGN §6: stdio's principal).
     pub fn caller_is_owner(&self) -> bool {
-        true
+        self.caller().role >= crate::model::Role::Owner
     }
 }
 
@@ -465,6 +462,7 @@ address = "local"
         let ctx = server.ctx_arc();
         let caller = Caller {
             principal: "test".into(),
+            ..Caller::local_owner()
         };
         let huge = "a".repeat(10_000_000);
         let image = "10.77.0.12:5000/demo:v1";

@@ -125,11 +125,27 @@ pub struct Progress {
 /// Where an operation reports progress.
 pub type ProgressTx = mpsc::UnboundedSender<Progress>;
 
-/// Who asks, for the record.
+/// Who asks: recorded with every operation, checked by access control.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// Principal name (key label or `local`).
     pub principal: String,
+    /// The caller's team.
+    pub team: String,
+    /// The caller's role.
+    pub role: crate::model::Role,
+}
+
+impl Caller {
+    /// The operator on the machine itself (stdio, CLI): owner of the
+    /// default team (DESIGN §6).
+    pub fn local_owner() -> Self {
+        Self {
+            principal: "local".into(),
+            team: "default".into(),
+            role: crate::model::Role::Owner,
+        }
+    }
 }
 
 /// A running operation, for other modules' operations (env_sync, ...).

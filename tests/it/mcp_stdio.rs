@@ -27,13 +27,25 @@ pub async fn exercise_tools(client: &RunningService<RoleClient, ()>) {
     // health_check: all four servers with per-service detail.
     let r = call(client, "health_check", json!({})).await;
     let v = structured(&r);
-    assert_eq!(
-        v["healthy"],
-        json!(true),
-        "testbed healthy: {}",
+    // Servers only: the environments of other tests running meanwhile may
+    // be mid-deploy or broken on purpose (they count in `healthy`).
+    assert!(
+        v["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["healthy"] == json!(true)),
+        "testbed servers healthy: {}",
         v["summary"]
     );
-    assert_eq!(v["summary"], json!("4/4 servers healthy"));
+    assert!(
+        v["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("4/4 servers healthy"),
+        "{}",
+        v["summary"]
+    );
     let services = |server: &str| -> Vec<String> {
         v["servers"]
             .as_array()
