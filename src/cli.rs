@@ -68,11 +68,48 @@ pub enum Command {
         #[arg(long)]
         no_reload: bool,
     },
+    /// Manage API keys (DESIGN §6).
+    Key {
+        /// What to do with keys.
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// Print the tool schema snapshots, or write them into a directory.
     Schemas {
         /// Write `<tool>.json` files into this directory.
         #[arg(long)]
         write: Option<PathBuf>,
+    },
+}
+
+/// `codeb key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Create a key and print it once (stdout); the team is created if new.
+    Create {
+        /// Team the key acts for.
+        #[arg(long)]
+        team: String,
+        /// viewer, member, admin or owner.
+        #[arg(long)]
+        role: String,
+        /// Label to recognise the key by.
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Expire after this many days (never when omitted).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        /// Only this team's keys.
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// Key id from `codeb key list`.
+        id: uuid::Uuid,
     },
 }
 
@@ -138,10 +175,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     let result = match command {
         Command::Serve { http: None } => {
             // No SSH or database connection is opened before `initialize`
-            // is answered: both connect lazily on first use.
-            let server = CodebServer::new(ctx.clone())
-                .serve(rmcp::transport::stdio())
-                .await?;
+            // is answered: both connect lazily on first use — unless a key
+            // in CODEB_API_KEY must be verified first.
+            let mut server = CodebServer::new(ctx.clone());
+            if let Ok(key) = std::env::var("CODEB_API_KEY") {
+                let caller = match server.verifier().verify(key.trim()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("codeb: CODEB_API_KEY: {e}");
+                        return Ok(ExitCode::from(EXIT_CONFIG));
+                    }
+                };
+                server = server.with_default_caller(Some(caller));
+            }
+            let server = server.serve(rmcp::transport::stdio()).await?;
             tokio::select! {
                 r = server.waiting() => { r?; }
                 _ = cancel.cancelled() => {}
@@ -149,6 +196,10 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { http: Some(addr) } => {
+            if let Err(e) = crate::mcp::http::check_bind_address(&addr, &ctx.config.mcp) {
+                eprintln!("codeb: {e}");
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
             let n = ctx.db.migrate().await?;
             tracing::info!(migrations = n, "database ready");
             // Env data without its key would make every deploy fail later:
@@ -220,6 +271,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             tls_ask_url,
             no_reload,
         } => caddy_install(&ctx, file, tls_ask_url, no_reload).await,
+        Command::Key { action } => key_command(&ctx, action).await,
         Command::Schemas { .. } => unreachable!("handled before config is loaded"),
     };
     ctx.fleet.close().await;
@@ -272,6 +324,65 @@ async fn caddy_install(
             anyhow::bail!("caddy reload failed: {}", out.stderr_tail());
         }
         eprintln!("Caddy reloaded");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn key_command(ctx: &Ctx, action: KeyAction) -> anyhow::Result<ExitCode> {
+    use crate::state::api_keys;
+    let pool = ctx.db.pool().await?;
+    crate::state::MIGRATOR.run(pool).await?;
+    match action {
+        KeyAction::Create {
+            team,
+            role,
+            label,
+            expires_in_days,
+        } => {
+            let role = crate::model::Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!("--role must be viewer, member, admin or owner, got {role:?}")
+            })?;
+            let (key, row) =
+                crate::mcp::keys::create_key(pool, &team, role, &label, expires_in_days)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "created {} key {} for team {}; it is printed once, below",
+                row.role, row.id, row.team_id
+            );
+            println!("{key}");
+        }
+        KeyAction::List { team } => {
+            let rows = api_keys::api_keys_list(pool, team.as_deref()).await?;
+            println!(
+                "{:<36}  {:<12} {:<6}  {:<20} {:<10} {:<10} label",
+                "id", "team", "role", "created", "expires", "state"
+            );
+            for r in rows {
+                let state = if r.revoked_at.is_some() {
+                    "revoked"
+                } else if r.expires_at.is_some_and(|e| e <= chrono::Utc::now()) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<36}  {:<12} {:<6}  {:<20} {:<10} {:<10} {}",
+                    r.id,
+                    r.team_id,
+                    r.role,
+                    r.created_at.format("%Y-%m-%d %H:%M:%S"),
+                    r.expires_at
+                        .map_or("never".into(), |e| e.format("%Y-%m-%d").to_string()),
+                    state,
+                    r.label
+                );
+            }
+        }
+        KeyAction::Revoke { id } => match api_keys::api_key_revoke(pool, id, None).await? {
+            Some(r) => println!("revoked key {id} ({} of team {})", r.role, r.team_id),
+            None => anyhow::bail!("no key with id {id}; `codeb key list` shows them"),
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

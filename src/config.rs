@@ -87,6 +87,31 @@ pub struct Config {
     /// Public DNS of domains set up with domain_setup (DESIGN §4).
     #[serde(default)]
     pub dns: DnsConfig,
+    /// Access control of the HTTP transport (DESIGN §6).
+    #[serde(default)]
+    pub auth: AuthConfig,
+}
+
+/// Access control of the HTTP transport (DESIGN §6).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Requests one API key may make per minute (burst of the same size,
+    /// refilled evenly); the next one gets HTTP 429 with Retry-After.
+    #[serde(default = "default_rate_limit_per_minute")]
+    pub rate_limit_per_minute: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_minute: default_rate_limit_per_minute(),
+        }
+    }
+}
+
+fn default_rate_limit_per_minute() -> u32 {
+    100
 }
 
 /// Public DNS records of domains (DESIGN §4).
@@ -561,6 +586,12 @@ impl Config {
 
     /// Checks every field that deserialization cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.rate_limit_per_minute == 0 {
+            return Err(ConfigError::new(
+                "auth.rate_limit_per_minute",
+                "must be at least 1 (requests per minute per API key)",
+            ));
+        }
         if !self.database.url.starts_with("postgres://")
             && !self.database.url.starts_with("postgresql://")
         {

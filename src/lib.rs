@@ -8,8 +8,10 @@
 //! - `state`: PostgreSQL through sqlx with embedded migrations; no business rules.
 //! - `ops`: operations that observe, plan and apply, called by tool handlers.
 //! - `mcp`: the MCP server, one file per tool; handlers stay thin.
+//! - `auth`: API keys, tool roles, key verification; no HTTP and no tool logic.
 //! - `cli`: the command line (`serve`, `migrate`, `health`, `schemas`).
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod exec;

@@ -2,6 +2,14 @@
 //! `/metrics` and Caddy's on-demand TLS `ask` at `/tls/ask?domain=`.
 //! TCP_NODELAY on every accepted connection, Host and Origin allowlists
 //! from config, 1 MiB body limit.
+//!
+//! Every `/mcp` request is authenticated here, before rmcp sees it (DESIGN
+//! §6): `Authorization: Bearer KEY` or `X-API-Key: KEY`, else 401 with a
+//! JSON-RPC error body; then a per-key rate limit (429 with Retry-After).
+//! The authenticated `Caller` rides in the request extensions, which rmcp
+//! hands to the server inside the HTTP `Parts` (`CodebServer::request_caller`).
+//! `/healthz`, `/readyz`, `/metrics` (counters and version only) and
+//! `/tls/ask` (Caddy, on loopback) stay open.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +44,94 @@ struct AppState {
     requests: Arc<AtomicU64>,
 }
 
+type KeyedLimiter = governor::DefaultKeyedRateLimiter<uuid::Uuid>;
+
+/// What the authentication middleware needs.
+#[derive(Clone)]
+struct AuthState {
+    verifier: Arc<crate::auth::KeyVerifier>,
+    limiter: Arc<KeyedLimiter>,
+}
+
+/// JSON-RPC error code for authentication failures (server-defined range).
+pub const JSONRPC_UNAUTHORIZED: i64 = -32001;
+/// JSON-RPC error code for rate-limited requests.
+pub const JSONRPC_RATE_LIMITED: i64 = -32002;
+
+fn jsonrpc_error(status: StatusCode, code: i64, message: &str) -> axum::response::Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": code, "message": message },
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// The key presented in `Authorization: Bearer` or `X-API-Key`, if any.
+fn presented_key(headers: &axum::http::HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, key) = v.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim());
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+async fn authenticate(
+    State(auth): State<AuthState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use crate::auth::KeyError;
+    let has_header = req
+        .headers()
+        .contains_key(axum::http::header::AUTHORIZATION)
+        || req.headers().contains_key("x-api-key");
+    let result = match presented_key(req.headers()) {
+        Some(key) => auth.verifier.verify(key).await,
+        None if has_header => Err(KeyError::Malformed),
+        None => Err(KeyError::Missing),
+    };
+    let caller = match result {
+        Ok(c) => c,
+        Err(e) => {
+            let status = if matches!(e, KeyError::Unavailable(_)) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            let mut resp = jsonrpc_error(status, JSONRPC_UNAUTHORIZED, &e.to_string());
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"codeb\""),
+            );
+            return resp;
+        }
+    };
+    if let Some(id) = caller.key_id {
+        if let Err(not_until) = auth.limiter.check_key(&id) {
+            use governor::clock::Clock;
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let mut resp = jsonrpc_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                JSONRPC_RATE_LIMITED,
+                &format!("rate limit of this API key reached; retry in {secs} s"),
+            );
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs.max(1)),
+            );
+            return resp;
+        }
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
 /// Builds the axum router serving MCP at `/mcp` for `bound` (the real
 /// listening address, which joins the Host allowlist).
 pub fn router(ctx: Arc<Ctx>, bound: SocketAddr, cancel: CancellationToken) -> Router {
@@ -64,11 +160,18 @@ pub fn router(ctx: Arc<Ctx>, bound: SocketAddr, cancel: CancellationToken) -> Ro
         .with_json_response(true)
         .with_max_request_body_bytes(mcp.max_body_bytes)
         .with_cancellation_token(cancel.child_token());
-    let shared = CodebServer::new(ctx.clone());
-    let tools = shared.router();
-    let factory_ctx = ctx.clone();
+    // Over HTTP there is no default caller: each request carries its own.
+    let shared = CodebServer::new(ctx.clone()).with_default_caller(None);
+    let per_minute = std::num::NonZeroU32::new(ctx.config.auth.rate_limit_per_minute)
+        .unwrap_or(std::num::NonZeroU32::MIN);
+    let auth = AuthState {
+        verifier: shared.verifier(),
+        limiter: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
+            per_minute,
+        ))),
+    };
     let service = StreamableHttpService::new(
-        move || Ok(CodebServer::with_router(factory_ctx.clone(), tools.clone())),
+        move || Ok(shared.session()),
         Arc::new(LocalSessionManager::default()),
         config,
     );
@@ -79,6 +182,7 @@ pub fn router(ctx: Arc<Ctx>, bound: SocketAddr, cancel: CancellationToken) -> Ro
     let counter = state.requests.clone();
     Router::new()
         .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(auth, authenticate))
         .layer(axum::middleware::from_fn(
             move |req, next: axum::middleware::Next| {
                 let counter = counter.clone();
@@ -142,16 +246,31 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     ([("content-type", "text/plain; version=0.0.4")], body)
 }
 
-/// Until access control lands (issue [5]) the HTTP transport serves only
-/// loopback addresses.
-pub fn check_bind_address(addr: &SocketAddr) -> Result<(), HttpError> {
+/// A non-loopback address needs explicit Host and Origin allowlists in the
+/// config (`[mcp] allowed_hosts`, `allowed_origins`): the defaults name only
+/// loopback, which no remote client would send.
+pub fn check_bind_address(
+    addr: &SocketAddr,
+    mcp: &crate::config::McpConfig,
+) -> Result<(), HttpError> {
     if addr.ip().is_loopback() {
-        Ok(())
-    } else {
-        Err(HttpError::Refused(format!(
-            "refusing to listen on {addr}: without access control codeb serves HTTP only on loopback (127.0.0.1 or ::1)"
-        )))
+        return Ok(());
     }
+    let loopback_name = |h: &str| {
+        let host = h.rsplit_once(':').map_or(h, |(host, _)| host);
+        matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "::1" | "")
+    };
+    if mcp.allowed_hosts.iter().all(|h| loopback_name(h)) {
+        return Err(HttpError::Refused(format!(
+            "refusing to listen on {addr}: set mcp.allowed_hosts in the config to the host names clients use (e.g. [\"codeb.example.com\"])"
+        )));
+    }
+    if mcp.allowed_origins.is_empty() {
+        return Err(HttpError::Refused(format!(
+            "refusing to listen on {addr}: set mcp.allowed_origins in the config to the origins allowed to call (e.g. [\"https://codeb.example.com\"])"
+        )));
+    }
+    Ok(())
 }
 
 /// Serves until `cancel` fires. Prints the bound address to stderr.
@@ -161,7 +280,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> Result<(), HttpError> {
     use axum::serve::ListenerExt;
-    check_bind_address(&addr)?;
+    check_bind_address(&addr, &ctx.config.mcp)?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = router(ctx, bound, cancel.clone());
@@ -174,4 +293,36 @@ pub async fn serve(
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_loopback_needs_explicit_allowlists() {
+        let any: SocketAddr = "0.0.0.0:9101".parse().unwrap();
+        let lo: SocketAddr = "127.0.0.1:9101".parse().unwrap();
+        let mut mcp = crate::config::McpConfig::default();
+        assert!(check_bind_address(&lo, &mcp).is_ok());
+        let e = check_bind_address(&any, &mcp).unwrap_err().to_string();
+        assert!(e.contains("mcp.allowed_hosts"), "{e}");
+        mcp.allowed_hosts = vec!["codeb.example.com".into()];
+        let e = check_bind_address(&any, &mcp).unwrap_err().to_string();
+        assert!(e.contains("mcp.allowed_origins"), "{e}");
+        mcp.allowed_origins = vec!["https://codeb.example.com".into()];
+        assert!(check_bind_address(&any, &mcp).is_ok());
+    }
+
+    #[test]
+    fn keys_are_read_from_either_header() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(presented_key(&h), None);
+        h.insert("x-api-key", "k1".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("k1"));
+        h.insert("authorization", "Bearer k2".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("k2"));
+        h.insert("authorization", "Basic k2".parse().unwrap());
+        assert_eq!(presented_key(&h), None);
+    }
 }

@@ -16,6 +16,7 @@ pub mod drift_report;
 pub mod env;
 pub mod health_check;
 pub mod http;
+pub mod keys;
 pub mod logs;
 pub mod longop;
 pub mod project_create;
@@ -43,7 +44,15 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 
+use crate::auth::KeyVerifier;
+use crate::ops::lifecycle::Caller;
 use crate::ops::Ctx;
+
+tokio::task_local! {
+    /// The authenticated caller of the tool call being handled (set by
+    /// `call_tool` around the handler; see `CodebServer::caller`).
+    static CALLER: Caller;
+}
 
 /// Protocol versions codeb implements (DESIGN §5): both eras.
 pub const SUPPORTED_PROTOCOL_VERSIONS: &[ProtocolVersion] = &[
@@ -65,6 +74,14 @@ pub struct CodebServer {
     tools: Arc<ToolRouter<CodebServer>>,
     /// Log level the client asked for (`logging/setLevel`), per session.
     log_level: Arc<std::sync::Mutex<Option<LoggingLevel>>>,
+    /// The caller when a request carries none: the local operator (stdio,
+    /// CLI) or the `CODEB_API_KEY` caller; None over HTTP, where every
+    /// request carries the caller its key authenticated.
+    default_caller: Option<Arc<Caller>>,
+    /// Shared key verification (HTTP middleware and key tools).
+    verifier: Arc<KeyVerifier>,
+    /// Project name -> owning team, briefly cached (team scoping).
+    project_teams: Arc<crate::mcp::keys::TeamCache>,
 }
 
 impl CodebServer {
@@ -75,11 +92,36 @@ impl CodebServer {
 
     /// Shares the tool router of another instance (per-session construction).
     pub fn with_router(ctx: Arc<Ctx>, tools: Arc<ToolRouter<CodebServer>>) -> Self {
+        let verifier = Arc::new(KeyVerifier::new(ctx.db.clone()));
         Self {
             ctx,
             tools,
             log_level: Arc::new(std::sync::Mutex::new(None)),
+            default_caller: Some(Arc::new(Caller::local_owner())),
+            verifier,
+            project_teams: Arc::default(),
         }
+    }
+
+    /// This server acting for `caller` when a request carries none (stdio
+    /// with `CODEB_API_KEY`), or for nobody (HTTP: None).
+    pub fn with_default_caller(mut self, caller: Option<Caller>) -> Self {
+        self.default_caller = caller.map(Arc::new);
+        self
+    }
+
+    /// A server for one more HTTP session: shares router, key verifier and
+    /// caches, has its own log level.
+    pub fn session(&self) -> Self {
+        Self {
+            log_level: Arc::new(std::sync::Mutex::new(None)),
+            ..self.clone()
+        }
+    }
+
+    /// The shared key verifier.
+    pub fn verifier(&self) -> Arc<KeyVerifier> {
+        self.verifier.clone()
     }
 
     /// Every tool of codeb.
@@ -109,6 +151,7 @@ impl CodebServer {
             + Self::backup_list_router()
             + Self::domain_setup_router()
             + Self::domain_list_router()
+            + Self::keys_router()
     }
 
     /// The router, for sharing between sessions.
@@ -131,10 +174,20 @@ impl CodebServer {
         self.ctx.clone()
     }
 
-    /// Who is calling. Until API keys land (issue [5]) every caller is the
-    /// local operator, owner of the default team.
-    pub fn caller(&self) -> crate::ops::lifecycle::Caller {
-        crate::ops::lifecycle::Caller::local_owner()
+    /// Who is calling: the caller `call_tool` authenticated for this call,
+    /// else the server's default (local operator or `CODEB_API_KEY`), else
+    /// an unauthenticated viewer of no team (sees nothing).
+    pub fn caller(&self) -> Caller {
+        CALLER
+            .try_with(Clone::clone)
+            .ok()
+            .or_else(|| self.default_caller.as_deref().cloned())
+            .unwrap_or_else(|| Caller {
+                principal: "unauthenticated".into(),
+                team: String::new(),
+                role: crate::model::Role::Viewer,
+                key_id: None,
+            })
     }
 
     /// The caller's team.
@@ -174,9 +227,13 @@ impl ServerHandler for CodebServer {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.tools.list_all()))
+        // Only what the caller's role may call (DESIGN §6).
+        let role = self.request_caller(&context).map(|c| c.role);
+        let mut tools = self.tools.list_all();
+        tools.retain(|t| role.is_some_and(|r| crate::auth::roles::may_call(r, &t.name)));
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     async fn set_level(
@@ -339,8 +396,14 @@ impl ServerHandler for CodebServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let started = Instant::now();
-        let tcc = ToolCallContext::new(self, request, context);
-        let mut result = self.tools.call(tcc).await;
+        // Access control (DESIGN §6): role, then team of the project or handle.
+        let mut result = match self.authorize_call(&request, &context).await {
+            Err(denied) => Ok(CallToolResponse::Complete(denied)),
+            Ok(caller) => {
+                let tcc = ToolCallContext::new(self, request, context);
+                CALLER.scope(caller, self.tools.call(tcc)).await
+            }
+        };
         // Error texts carry causes from servers and databases: scrub any
         // registered secret before they leave (DESIGN §3).
         if let Ok(CallToolResponse::Complete(r)) = &mut result {

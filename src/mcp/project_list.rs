@@ -99,10 +99,14 @@ impl CodebServer {
             .await
             .map_err(|e| format!("{e}; check health_check"))?;
         // One extra row tells whether another page follows.
-        let mut rows =
-            state::projects::projects_page(pool, None, p.cursor.as_deref(), i64::from(limit) + 1)
-                .await
-                .map_err(|e| format!("{e}; check health_check"))?;
+        let mut rows = state::projects::projects_page(
+            pool,
+            Some(&self.caller_team()),
+            p.cursor.as_deref(),
+            i64::from(limit) + 1,
+        )
+        .await
+        .map_err(|e| format!("{e}; check health_check"))?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let next_cursor = if more {

@@ -134,6 +134,8 @@ pub struct Caller {
     pub team: String,
     /// The caller's role.
     pub role: crate::model::Role,
+    /// The API key it authenticated with (None: the local operator).
+    pub key_id: Option<Uuid>,
 }
 
 impl Caller {
@@ -144,6 +146,7 @@ impl Caller {
             principal: "local".into(),
             team: "default".into(),
             role: crate::model::Role::Owner,
+            key_id: None,
         }
     }
 }

@@ -108,7 +108,7 @@ async fn backup_create_streams_a_verified_dump_that_restores() {
         )],
     )
     .await;
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(server.url.clone());
+    let transport = server.transport();
     let client = Recorder::default()
         .serve(transport)
         .await

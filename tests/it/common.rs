@@ -119,7 +119,50 @@ pub struct HttpServer {
     pub url: String,
     /// Everything codeb wrote to stderr (its log) so far.
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// An owner key of the `default` team, minted for this server.
+    pub key: String,
     child: tokio::process::Child,
+}
+
+/// Mints a key with `codeb key create` against the database `config` and
+/// `env` select (the same one a server started with them uses).
+pub fn mint_key_with(config: &Path, env: &[(&str, &str)], team: &str, role: &str) -> String {
+    let mut cmd = std::process::Command::new(codeb_bin());
+    cmd.arg("--config")
+        .arg(config)
+        .args([
+            "key", "create", "--team", team, "--role", role, "--label", "test",
+        ])
+        .env("CODEB_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run codeb key create");
+    assert!(
+        out.status.success(),
+        "codeb key create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("key is UTF-8")
+        .trim()
+        .to_string()
+}
+
+/// Mints a key in the testbed database.
+pub fn mint_key(team: &str, role: &str) -> String {
+    mint_key_with(&testbed().config, &[], team, role)
+}
+
+/// A streamable HTTP client transport sending `key` as a bearer token.
+pub fn http_transport(
+    url: &str,
+    key: &str,
+) -> rmcp::transport::StreamableHttpClientTransport<rmcp_reqwest::Client> {
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    rmcp::transport::StreamableHttpClientTransport::from_config(
+        StreamableHttpClientTransportConfig::with_uri(url.to_string()).auth_header(key.to_string()),
+    )
 }
 
 impl HttpServer {
@@ -130,6 +173,7 @@ impl HttpServer {
 
     /// Starts codeb over HTTP with `config` and extra environment.
     pub async fn start_with(config: &Path, env: &[(&str, &str)]) -> Self {
+        let key = mint_key_with(config, env, "default", "owner");
         let mut cmd = tokio::process::Command::new(codeb_bin());
         cmd.arg("--config")
             .arg(config)
@@ -166,7 +210,12 @@ impl HttpServer {
                 l.push('\n');
             }
         });
-        Self { url, log, child }
+        Self {
+            url,
+            log,
+            key,
+            child,
+        }
     }
 
     /// Kills codeb with SIGKILL — no shutdown of any kind, as in a crash —
@@ -178,10 +227,22 @@ impl HttpServer {
 
     /// An rmcp client over streamable HTTP.
     pub async fn client(&self) -> RunningService<RoleClient, ()> {
-        use rmcp::transport::StreamableHttpClientTransport;
+        self.client_with_key(&self.key).await
+    }
+
+    /// An rmcp client over streamable HTTP sending `key`.
+    pub async fn client_with_key(&self, key: &str) -> RunningService<RoleClient, ()> {
         use rmcp::ServiceExt;
-        let transport = StreamableHttpClientTransport::from_uri(self.url.clone());
-        ().serve(transport).await.expect("http initialize")
+        ().serve(http_transport(&self.url, key))
+            .await
+            .expect("http initialize")
+    }
+
+    /// A transport for this server with its owner key.
+    pub fn transport(
+        &self,
+    ) -> rmcp::transport::StreamableHttpClientTransport<rmcp_reqwest::Client> {
+        http_transport(&self.url, &self.key)
     }
 }
 

@@ -57,7 +57,7 @@ async fn env_values_reach_the_container_exactly_and_never_leak() {
         ],
     )
     .await;
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(server.url.clone());
+    let transport = server.transport();
     let client = Recorder::default()
         .serve(transport)
         .await
@@ -372,12 +372,7 @@ async fn master_key_is_required_once_env_data_exists() {
     let _guard = FAULT_LOCK.read().await;
     // Make sure env data exists.
     let server = HttpServer::start().await;
-    let client = ()
-        .serve(rmcp::transport::StreamableHttpClientTransport::from_uri(
-            server.url.clone(),
-        ))
-        .await
-        .unwrap();
+    let client = ().serve(server.transport()).await.unwrap();
     let p = unique_project("envkey");
     let r = super::common::call(&client, "project_create", json!({"project": p})).await;
     structured(&r);
@@ -442,7 +437,7 @@ async fn master_key_is_required_once_env_data_exists() {
 async fn container_reaches_only_its_own_database_and_keys() {
     let _guard = FAULT_LOCK.read().await;
     let server = HttpServer::start().await;
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(server.url.clone());
+    let transport = server.transport();
     let client = Recorder::default()
         .serve(transport)
         .await

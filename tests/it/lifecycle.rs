@@ -132,7 +132,7 @@ async fn blue_green_lifecycle() {
         ],
     )
     .await;
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(server.url.clone());
+    let transport = server.transport();
     let client = Recorder::default()
         .serve(transport)
         .await

@@ -85,7 +85,7 @@ impl Codeb {
     }
 
     async fn client(&self) -> Client {
-        let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(self.url());
+        let transport = self.server.as_ref().expect("running").transport();
         Timed::default().serve(transport).await.expect("initialize")
     }
 
@@ -913,7 +913,7 @@ async fn assert_abandoned_deploy_cleaned(client: &Client, pool: &sqlx::PgPool, p
 
 /// Sends a 2026-07-28 stateless deploy over plain HTTP, reads its SSE
 /// stream until the health gate starts, then drops the connection.
-async fn stateless_deploy_then_disconnect(url: &str, args: Value) {
+async fn stateless_deploy_then_disconnect(url: &str, key: &str, args: Value) {
     let body = json!({
         "jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {
@@ -930,6 +930,7 @@ async fn stateless_deploy_then_disconnect(url: &str, args: Value) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let mut resp = http
         .post(url)
+        .bearer_auth(key)
         .header("accept", "application/json, text/event-stream")
         .header("content-type", "application/json")
         .header("mcp-protocol-version", "2026-07-28")
@@ -980,7 +981,7 @@ async fn client_gone_before_the_switch_aborts_cleanly_after_it_completes() {
             assert_abandoned_deploy_cleaned(&client, &pool, &p, "notifications/cancelled").await;
 
             // A stateless (2026-07-28) client drops its connection mid-health-gate.
-            stateless_deploy_then_disconnect(codeb.url(), deploy_args(&p, "broken")).await;
+            stateless_deploy_then_disconnect(codeb.url(), &codeb.server.as_ref().expect("running").key, deploy_args(&p, "broken")).await;
             assert_abandoned_deploy_cleaned(&client, &pool, &p, "disconnect").await;
 
             // After the switch the promote completes although the client left.

@@ -39,6 +39,7 @@ async fn rpc_body(resp: reqwest::Response) -> Value {
 fn post(server: &HttpServer) -> reqwest::RequestBuilder {
     reqwest::Client::new()
         .post(&server.url)
+        .bearer_auth(&server.key)
         .header("accept", "application/json, text/event-stream")
         .header("content-type", "application/json")
 }

@@ -158,7 +158,7 @@ async fn worker(
 async fn promote_and_rollback_under_load_lose_nothing() {
     let _guard = FAULT_LOCK.read().await;
     let server = HttpServer::start().await;
-    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(server.url.clone());
+    let transport = server.transport();
     use rmcp::ServiceExt;
     let client = Recorder::default()
         .serve(transport)

@@ -1,0 +1,277 @@
+//! API keys `codeb_{team}_{role}_{token}`: made from the OS random number
+//! generator, stored as SHA-256, looked up by digest. The key text is never
+//! logged; only `key_create` and `codeb key create` show it, once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::model::Role;
+use crate::ops::lifecycle::Caller;
+use crate::state::{api_keys, Db};
+
+/// Length of the random part of a key (base62: ~238 bits).
+pub const TOKEN_LEN: usize = 40;
+/// How long a verified key is trusted without asking the database again;
+/// a revocation elsewhere is visible after at most this long (at once in
+/// the process that revoked it).
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// `last_used_at` is written at most this often per key.
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+/// Bound of the verified-key cache (cleared when full).
+const KEY_CACHE_MAX: usize = 10_000;
+
+const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// Why a key was refused. Messages say what to do and never echo the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// No key presented.
+    #[error("missing API key: send `Authorization: Bearer codeb_...` or `X-API-Key: codeb_...` (create one with `codeb key create`)")]
+    Missing,
+    /// Not of the form `codeb_{team}_{role}_{token}`.
+    #[error("malformed API key: expected codeb_{{team}}_{{role}}_{{token}} as printed by `codeb key create`")]
+    Malformed,
+    /// Well-formed but not known.
+    #[error("unknown API key: check it was copied whole, or create one with `codeb key create`")]
+    Unknown,
+    /// Past its expiry.
+    #[error("API key expired: ask an admin for a new one (key_create)")]
+    Expired,
+    /// Revoked.
+    #[error("API key revoked: ask an admin for a new one (key_create)")]
+    Revoked,
+    /// The database could not be asked.
+    #[error("cannot verify the API key now (state database unavailable: {0}); retry shortly")]
+    Unavailable(String),
+}
+
+/// The parts of a well-formed key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedKey {
+    /// Team named in the key.
+    pub team: String,
+    /// Role named in the key.
+    pub role: Role,
+}
+
+/// Parses `codeb_{team}_{role}_{token}` (without checking it exists).
+pub fn parse_key(key: &str) -> Result<ParsedKey, KeyError> {
+    let rest = key.strip_prefix("codeb_").ok_or(KeyError::Malformed)?;
+    let mut parts = rest.split('_');
+    let (Some(team), Some(role), Some(token), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(KeyError::Malformed);
+    };
+    let role = Role::parse(role).ok_or(KeyError::Malformed)?;
+    if crate::model::validate_project_name(team).is_err()
+        || token.len() < 32
+        || token.len() > 128
+        || !token.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(KeyError::Malformed);
+    }
+    Ok(ParsedKey {
+        team: team.to_string(),
+        role,
+    })
+}
+
+/// SHA-256 of the key text (what the database stores).
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A new key for `team` and `role` from the OS random number generator.
+pub fn generate_key(team: &str, role: Role) -> Result<String, getrandom::Error> {
+    let mut token = String::with_capacity(TOKEN_LEN);
+    let mut buf = [0u8; 64];
+    while token.len() < TOKEN_LEN {
+        getrandom::getrandom(&mut buf)?;
+        // Rejection sampling keeps every character equally likely.
+        for b in buf {
+            if b < 248 && token.len() < TOKEN_LEN {
+                token.push(BASE62[(b % 62) as usize] as char);
+            }
+        }
+    }
+    Ok(format!("codeb_{team}_{}_{token}", role.as_str()))
+}
+
+/// The caller a stored key stands for.
+pub fn caller_of(row: &api_keys::ApiKeyRow) -> Option<Caller> {
+    Some(Caller {
+        principal: format!("key:{}", row.id),
+        team: row.team_id.clone(),
+        role: Role::parse(&row.role)?,
+        key_id: Some(row.id),
+    })
+}
+
+struct Cached {
+    caller: Caller,
+    expires_at: Option<chrono::DateTime<Utc>>,
+    verified: Instant,
+}
+
+/// Verifies presented keys against the database, with a short cache.
+pub struct KeyVerifier {
+    db: Db,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    touched: Mutex<HashMap<Uuid, Instant>>,
+}
+
+impl KeyVerifier {
+    /// A verifier over the state database.
+    pub fn new(db: Db) -> Self {
+        Self {
+            db,
+            cache: Mutex::new(HashMap::new()),
+            touched: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The caller for `key`, or why it is refused.
+    pub async fn verify(&self, key: &str) -> Result<Caller, KeyError> {
+        let parsed = parse_key(key)?;
+        let digest = hash_key(key);
+        let now = Instant::now();
+        let cached = {
+            let cache = self.cache.lock().expect("key cache lock");
+            cache.get(&digest).and_then(|c| {
+                (now.duration_since(c.verified) < KEY_CACHE_TTL)
+                    .then(|| (c.caller.clone(), c.expires_at))
+            })
+        };
+        let caller = match cached {
+            Some((caller, expires_at)) => {
+                if expires_at.is_some_and(|e| e <= Utc::now()) {
+                    return Err(KeyError::Expired);
+                }
+                caller
+            }
+            None => {
+                let pool = self
+                    .db
+                    .pool()
+                    .await
+                    .map_err(|e| KeyError::Unavailable(e.to_string()))?;
+                let row = api_keys::api_key_by_hash(pool, &digest)
+                    .await
+                    .map_err(|e| KeyError::Unavailable(e.to_string()))?
+                    .ok_or(KeyError::Unknown)?;
+                if row.revoked_at.is_some() {
+                    return Err(KeyError::Revoked);
+                }
+                if row.expires_at.is_some_and(|e| e <= Utc::now()) {
+                    return Err(KeyError::Expired);
+                }
+                let caller = caller_of(&row).ok_or(KeyError::Unknown)?;
+                // The team and role written in the key must be the stored ones.
+                if caller.team != parsed.team || caller.role != parsed.role {
+                    return Err(KeyError::Unknown);
+                }
+                let mut cache = self.cache.lock().expect("key cache lock");
+                if cache.len() >= KEY_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(
+                    digest,
+                    Cached {
+                        caller: caller.clone(),
+                        expires_at: row.expires_at,
+                        verified: now,
+                    },
+                );
+                caller
+            }
+        };
+        if let Some(id) = caller.key_id {
+            self.touch_later(id, now);
+        }
+        Ok(caller)
+    }
+
+    /// Forgets a key at once (after a revocation in this process).
+    pub fn forget(&self, key_id: Uuid) {
+        self.cache
+            .lock()
+            .expect("key cache lock")
+            .retain(|_, c| c.caller.key_id != Some(key_id));
+    }
+
+    /// Records the use in the background, at most once per TOUCH_INTERVAL.
+    fn touch_later(&self, id: Uuid, now: Instant) {
+        {
+            let mut touched = self.touched.lock().expect("touch lock");
+            if touched
+                .get(&id)
+                .is_some_and(|t| now.duration_since(*t) < TOUCH_INTERVAL)
+            {
+                return;
+            }
+            if touched.len() >= KEY_CACHE_MAX {
+                touched.clear();
+            }
+            touched.insert(id, now);
+        }
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            if let Ok(pool) = db.pool().await {
+                if let Err(e) = api_keys::api_key_touch(pool, id).await {
+                    tracing::warn!(key_id = %id, error = %e, "could not record key use");
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_and_differ() {
+        let a = generate_key("shop-team", Role::Member).unwrap();
+        let b = generate_key("shop-team", Role::Member).unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("codeb_shop-team_member_"));
+        assert_eq!(a.len(), "codeb_shop-team_member_".len() + TOKEN_LEN);
+        assert_eq!(
+            parse_key(&a).unwrap(),
+            ParsedKey {
+                team: "shop-team".into(),
+                role: Role::Member
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_keys_are_refused() {
+        let token = "a".repeat(40);
+        for k in [
+            String::new(),
+            "codeb".into(),
+            format!("codeb_default_boss_{token}"),
+            format!("codeb_default_admin_{}", "a".repeat(10)),
+            format!("codeb_default_admin_{token}_x"),
+            format!("codeb_De_admin_{token}"),
+            format!("codeb_default_admin_{token}!"),
+            format!("xcodeb_default_admin_{token}"),
+        ] {
+            assert_eq!(parse_key(&k), Err(KeyError::Malformed), "{k}");
+        }
+    }
+
+    #[test]
+    fn errors_never_echo_the_key() {
+        for e in [KeyError::Malformed, KeyError::Unknown, KeyError::Revoked] {
+            assert!(!e.to_string().contains("aaaa"));
+        }
+    }
+}

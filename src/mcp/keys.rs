@@ -1,0 +1,413 @@
+//! `key_create`, `key_list`, `key_revoke` (admins, own team only), and the
+//! access checks `call_tool` runs before any handler (DESIGN §6): the role
+//! the tool needs, then the team of the project or handle it names.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{CallToolRequestParams, CallToolResult, ContentBlock};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_router, RoleServer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::roles::required_role;
+use crate::mcp::CodebServer;
+use crate::model::Role;
+use crate::ops::lifecycle::{Caller, OpError};
+use crate::state::api_keys;
+
+/// How long a project's team is remembered (projects never change team).
+const TEAM_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Project name -> (team, when looked up).
+#[derive(Default)]
+pub struct TeamCache(Mutex<HashMap<String, (String, Instant)>>);
+
+/// Tools that cover every project when `project` is omitted.
+const FLEET_WIDE_TOOLS: [&str; 4] = [
+    "deployment_list",
+    "domain_list",
+    "drift_report",
+    "slot_cleanup",
+];
+
+fn denied(message: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(message)])
+}
+
+impl CodebServer {
+    /// The caller of this request: the one the HTTP middleware authenticated
+    /// (carried in the request's HTTP parts), else the server's default.
+    pub(crate) fn request_caller(&self, context: &RequestContext<RoleServer>) -> Option<Caller> {
+        context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Caller>().cloned())
+            .or_else(|| self.default_caller.as_deref().cloned())
+    }
+
+    /// The caller if it may make this call, else the isError result to
+    /// return (no handler runs).
+    pub(crate) async fn authorize_call(
+        &self,
+        request: &CallToolRequestParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Caller, CallToolResult> {
+        let Some(caller) = self.request_caller(context) else {
+            return Err(denied(
+                "not authenticated: send an API key (Authorization: Bearer codeb_...)".into(),
+            ));
+        };
+        let tool = request.name.as_ref();
+        if let Some(needed) = required_role(tool) {
+            if caller.role < needed {
+                return Err(denied(format!(
+                    "{tool} needs the {needed} role; this key is {} of team {}: ask an admin of the team for a {needed} key",
+                    caller.role, caller.team
+                )));
+            }
+        }
+        let args = request.arguments.as_ref();
+        let project = args.and_then(|a| a.get("project")).and_then(|v| v.as_str());
+        match project {
+            Some(project) => self.check_project_team(&caller, project).await?,
+            None if FLEET_WIDE_TOOLS.contains(&tool) && caller.role < Role::Owner => {
+                return Err(denied(format!(
+                    "{tool} without `project` covers every team's projects, which needs the owner role; pass `project`"
+                )));
+            }
+            None => {}
+        }
+        if tool == "deployment_get" {
+            if let Some(id) = args
+                .and_then(|a| a.get("id"))
+                .and_then(|v| v.as_str())
+                .and_then(|s| uuid::Uuid::parse_str(s).ok())
+            {
+                let pool = self
+                    .ctx()
+                    .db
+                    .pool()
+                    .await
+                    .map_err(|e| denied(format!("{e}; check health_check")))?;
+                let team = api_keys::deployment_team(pool, id)
+                    .await
+                    .map_err(|e| denied(e.to_string()))?;
+                if team.is_some_and(|t| t != caller.team) {
+                    // The same answer as for a missing deployment.
+                    return Err(denied(format!(
+                        "deployment {id} not found; deployment_list shows recent ones"
+                    )));
+                }
+            }
+        }
+        Ok(caller)
+    }
+
+    /// Another team's project answers exactly like a missing one.
+    async fn check_project_team(
+        &self,
+        caller: &Caller,
+        project: &str,
+    ) -> Result<(), CallToolResult> {
+        if crate::model::validate_project_name(project).is_err() {
+            // The handler refuses it with its own message.
+            return Ok(());
+        }
+        let cached = {
+            let cache = self.project_teams.0.lock().expect("team cache lock");
+            cache
+                .get(project)
+                .filter(|(_, at)| at.elapsed() < TEAM_CACHE_TTL)
+                .map(|(t, _)| t.clone())
+        };
+        let team = match cached {
+            Some(t) => Some(t),
+            None => {
+                let pool = self
+                    .ctx()
+                    .db
+                    .pool()
+                    .await
+                    .map_err(|e| denied(format!("{e}; check health_check")))?;
+                let team = api_keys::project_team(pool, project)
+                    .await
+                    .map_err(|e| denied(format!("{e}; check health_check")))?;
+                if let Some(t) = &team {
+                    let mut cache = self.project_teams.0.lock().expect("team cache lock");
+                    if cache.len() >= 10_000 {
+                        cache.clear();
+                    }
+                    cache.insert(project.to_string(), (t.clone(), Instant::now()));
+                }
+                team
+            }
+        };
+        match team {
+            Some(t) if t != caller.team => {
+                Err(denied(OpError::NotFound(project.to_string()).to_string()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Input of key_create.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCreateParams {
+    /// viewer, member, admin or owner (not above your own role).
+    pub role: String,
+    /// Label to recognise the key by.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Expire after this many days (1-3650); never when omitted.
+    #[serde(default)]
+    pub expires_in_days: Option<u32>,
+}
+
+/// A key as listed (never the key itself).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct KeyInfo {
+    /// Key id (for key_revoke).
+    pub id: String,
+    /// Team.
+    pub team: String,
+    /// Role.
+    pub role: String,
+    /// Label.
+    pub label: String,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+    /// Expiry (RFC 3339), if any.
+    pub expires_at: Option<String>,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<String>,
+    /// Last use (updated about once a minute).
+    pub last_used_at: Option<String>,
+}
+
+fn key_info(r: &api_keys::ApiKeyRow) -> KeyInfo {
+    KeyInfo {
+        id: r.id.to_string(),
+        team: r.team_id.clone(),
+        role: r.role.clone(),
+        label: r.label.clone(),
+        created_at: r.created_at.to_rfc3339(),
+        expires_at: r.expires_at.map(|t| t.to_rfc3339()),
+        revoked_at: r.revoked_at.map(|t| t.to_rfc3339()),
+        last_used_at: r.last_used_at.map(|t| t.to_rfc3339()),
+    }
+}
+
+/// Result of key_create.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct KeyCreateResult {
+    /// One line for the reader.
+    pub summary: String,
+    /// The new key. Shown only here, once: store it now.
+    pub api_key_shown_once: String,
+    /// The key's record.
+    pub key: KeyInfo,
+}
+
+/// Input of key_list (none: always the caller's own team).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyListParams {}
+
+/// Result of key_list.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct KeyListResult {
+    /// One line for the reader.
+    pub summary: String,
+    /// Your team's keys, newest first.
+    pub keys: Vec<KeyInfo>,
+}
+
+/// Input of key_revoke.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRevokeParams {
+    /// Key id from key_list.
+    pub id: String,
+}
+
+/// Result of key_revoke.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct KeyRevokeResult {
+    /// One line for the reader.
+    pub summary: String,
+    /// The revoked key.
+    pub key: KeyInfo,
+}
+
+/// Validates a label: printable, at most 100 characters.
+pub fn validate_label(label: &str) -> Result<(), String> {
+    if label.chars().count() > 100 || label.chars().any(char::is_control) {
+        return Err("label must be at most 100 printable characters".into());
+    }
+    Ok(())
+}
+
+/// Creates a key (shared by the tool and `codeb key create`). Returns the
+/// key text and its record.
+pub async fn create_key(
+    pool: &sqlx::PgPool,
+    team: &str,
+    role: Role,
+    label: &str,
+    expires_in_days: Option<u32>,
+) -> Result<(String, api_keys::ApiKeyRow), String> {
+    crate::model::validate_project_name(team)
+        .map_err(|_| format!("team {team:?} is not a valid team name (3-32 of a-z, 0-9, -)"))?;
+    validate_label(label)?;
+    if let Some(d) = expires_in_days {
+        if !(1..=3650).contains(&d) {
+            return Err(format!(
+                "expires_in_days must be between 1 and 3650, got {d}"
+            ));
+        }
+    }
+    let key = crate::auth::generate_key(team, role)
+        .map_err(|e| format!("no randomness from the OS: {e}"))?;
+    let expires_at = expires_in_days.map(|d| chrono::Utc::now() + chrono::Duration::days(d.into()));
+    api_keys::team_ensure(pool, team)
+        .await
+        .map_err(|e| e.to_string())?;
+    let row = api_keys::api_key_insert(
+        pool,
+        uuid::Uuid::new_v4(),
+        team,
+        role.as_str(),
+        label,
+        &crate::auth::hash_key(&key),
+        expires_at,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok((key, row))
+}
+
+#[tool_router(router = keys_router, vis = "pub(crate)")]
+impl CodebServer {
+    /// Create an API key for your team (role at most your own). The key is in `api_key_shown_once` and never shown again.
+    #[tool(
+        name = "key_create",
+        title = "Create API key",
+        annotations(
+            title = "Create API key",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    pub async fn key_create(
+        &self,
+        Parameters(p): Parameters<KeyCreateParams>,
+    ) -> Result<Json<KeyCreateResult>, String> {
+        let caller = self.caller();
+        let role = Role::parse(&p.role).ok_or_else(|| {
+            format!(
+                "role must be viewer, member, admin or owner, got {:?}",
+                p.role
+            )
+        })?;
+        if role > caller.role {
+            return Err(format!(
+                "a {} cannot create a {role} key; ask an owner of team {}",
+                caller.role, caller.team
+            ));
+        }
+        let pool = self
+            .ctx()
+            .db
+            .pool()
+            .await
+            .map_err(|e| format!("{e}; check health_check"))?;
+        let label = p.label.unwrap_or_default();
+        let (key, row) = create_key(pool, &caller.team, role, &label, p.expires_in_days).await?;
+        tracing::info!(key_id = %row.id, team = %row.team_id, role = %row.role, by = %caller.principal, "api key created");
+        Ok(Json(KeyCreateResult {
+            summary: format!(
+                "created {role} key {} for team {}; store api_key_shown_once now, it is not shown again",
+                row.id, row.team_id
+            ),
+            api_key_shown_once: key,
+            key: key_info(&row),
+        }))
+    }
+
+    /// List your team's API keys (ids, roles, labels, expiry, revocation, last use; never the keys).
+    #[tool(
+        name = "key_list",
+        title = "List API keys",
+        annotations(
+            title = "List API keys",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    pub async fn key_list(
+        &self,
+        Parameters(_): Parameters<KeyListParams>,
+    ) -> Result<Json<KeyListResult>, String> {
+        let caller = self.caller();
+        let pool = self
+            .ctx()
+            .db
+            .pool()
+            .await
+            .map_err(|e| format!("{e}; check health_check"))?;
+        let rows = api_keys::api_keys_list(pool, Some(&caller.team))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Json(KeyListResult {
+            summary: format!("{} key(s) of team {}", rows.len(), caller.team),
+            keys: rows.iter().map(key_info).collect(),
+        }))
+    }
+
+    /// Revoke one of your team's API keys by id; refused at once by this server, within 30 s by others.
+    #[tool(
+        name = "key_revoke",
+        title = "Revoke API key",
+        annotations(
+            title = "Revoke API key",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    pub async fn key_revoke(
+        &self,
+        Parameters(p): Parameters<KeyRevokeParams>,
+    ) -> Result<Json<KeyRevokeResult>, String> {
+        let caller = self.caller();
+        let not_found = || format!("key {:?} not found; key_list shows your team's keys", p.id);
+        let id = uuid::Uuid::parse_str(&p.id).map_err(|_| not_found())?;
+        let pool = self
+            .ctx()
+            .db
+            .pool()
+            .await
+            .map_err(|e| format!("{e}; check health_check"))?;
+        let row = api_keys::api_key_revoke(pool, id, Some(&caller.team))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(not_found)?;
+        self.verifier.forget(id);
+        tracing::info!(key_id = %id, by = %caller.principal, "api key revoked");
+        Ok(Json(KeyRevokeResult {
+            summary: format!("revoked key {id} ({} of team {})", row.role, row.team_id),
+            key: key_info(&row),
+        }))
+    }
+}
