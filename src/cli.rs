@@ -222,6 +222,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         } => caddy_install(&ctx, file, tls_ask_url, no_reload).await,
         Command::Schemas { .. } => unreachable!("handled before config is loaded"),
     };
+    // Audit rows queued by the last calls reach the database before exit
+    // (bounded wait; what cannot be written is logged, see ops::audit).
+    ctx.audit
+        .shutdown(crate::ops::audit::AUDIT_SHUTDOWN_TIMEOUT)
+        .await;
     ctx.fleet.close().await;
     result
 }

@@ -5,6 +5,7 @@
 // of 2025-06-18 and 2025-11-25, which codeb serves too.
 #![allow(deprecated)]
 
+pub mod audit_query;
 pub mod backup_create;
 pub mod backup_list;
 pub mod compact;
@@ -109,6 +110,7 @@ impl CodebServer {
             + Self::backup_list_router()
             + Self::domain_setup_router()
             + Self::domain_list_router()
+            + Self::audit_query_router()
     }
 
     /// The router, for sharing between sessions.
@@ -339,6 +341,8 @@ impl ServerHandler for CodebServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let started = Instant::now();
+        // Audit (DESIGN §6): every call, arguments redacted; written off the request path.
+        let audit = audit_query::CallAudit::begin(self.caller(), &request, &context);
         let tcc = ToolCallContext::new(self, request, context);
         let mut result = self.tools.call(tcc).await;
         // Error texts carry causes from servers and databases: scrub any
@@ -357,6 +361,7 @@ impl ServerHandler for CodebServer {
             Ok(_) => "ok",
             Err(_) => "protocol_error",
         };
+        audit.finish(&self.ctx.audit, &result);
         tracing::info!(
             tool = ?name,
             outcome,

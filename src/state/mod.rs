@@ -1,6 +1,7 @@
 //! PostgreSQL access through sqlx: connection, embedded migrations and one
 //! file per noun. No business rules here.
 
+pub mod audit;
 pub mod backups;
 pub mod deployments;
 pub mod domains;
