@@ -43,8 +43,11 @@ pub const AUDIT_BUFFER_ROWS: usize = 10_000;
 pub const AUDIT_CHANNEL_ROWS: usize = 4096;
 /// After a failed write, the writer waits this long before trying again.
 pub const AUDIT_RETRY_INTERVAL: Duration = Duration::from_secs(1);
-/// How long shutdown waits for the queue to reach the database.
-pub const AUDIT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for the queue to reach the database: a healthy
+/// database takes milliseconds; stdio clients (rmcp, per the MCP shutdown
+/// sequence) allow a server 3 s after closing stdin before SIGTERM/SIGKILL,
+/// and the rows left must still be logged within that.
+pub const AUDIT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 /// What replaces a secret value.
 pub const REDACTED: &str = "[redacted]";
 
