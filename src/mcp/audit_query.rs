@@ -23,7 +23,14 @@ use crate::state::audit::{audit_page, AuditFilter, AuditRecord, AuditRow};
 const QUERY_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// One call being audited: taken before dispatch, finished with the result.
+/// Dropped unfinished (the call's future was cancelled: the client went
+/// away or codeb is stopping), it records a `protocol_error` saying so.
 pub struct CallAudit {
+    log: AuditLog,
+    call: Option<Call>,
+}
+
+struct Call {
     at: chrono::DateTime<chrono::Utc>,
     started: Instant,
     tool: String,
@@ -39,6 +46,7 @@ impl CallAudit {
     /// Captures who calls what (arguments redacted and bounded now, so no
     /// secret is held in the queue).
     pub fn begin(
+        log: &AuditLog,
         caller: Caller,
         request: &CallToolRequestParams,
         context: &RequestContext<RoleServer>,
@@ -52,7 +60,7 @@ impl CallAudit {
         // Legacy sessions: the initialize request's clientInfo; 2026-07-28
         // stateless requests: `_meta` "io.modelcontextprotocol/clientInfo".
         let client = context.client_info();
-        Self {
+        let call = Call {
             at: chrono::Utc::now(),
             started: Instant::now(),
             arguments: sanitize_arguments(&tool, args),
@@ -64,11 +72,15 @@ impl CallAudit {
                 .map(|c| sanitize_text(&c.name, AUDIT_NAME_MAX_BYTES)),
             client_version: client.map(|c| sanitize_text(&c.version, AUDIT_NAME_MAX_BYTES)),
             request_id: sanitize_text(&context.id.to_string(), AUDIT_NAME_MAX_BYTES),
+        };
+        Self {
+            log: log.clone(),
+            call: Some(call),
         }
     }
 
     /// Queues the row for `result` (never waits).
-    pub fn finish(self, log: &AuditLog, result: &Result<CallToolResponse, ErrorData>) {
+    pub fn finish(self, result: &Result<CallToolResponse, ErrorData>) {
         let (outcome, error) = match result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => {
                 let text: Vec<&str> = r
@@ -84,28 +96,44 @@ impl CallAudit {
             Ok(_) => (AuditOutcome::Ok, None),
             Err(e) => (AuditOutcome::ProtocolError, Some(e.message.to_string())),
         };
-        self.finish_with(log, outcome, error.as_deref());
+        self.finish_with(outcome, error.as_deref());
     }
 
     /// Queues the row with an explicit outcome (e.g. `Denied` by access
     /// control before dispatch).
-    pub fn finish_with(self, log: &AuditLog, outcome: AuditOutcome, error: Option<&str>) {
-        let duration_ms = self.started.elapsed().as_millis().min(i32::MAX as u128) as i32;
-        tracing::debug!(request_id = %self.request_id, tool = %self.tool, "audited");
-        log.record(AuditRecord {
-            at: self.at,
-            tool: self.tool,
-            arguments: self.arguments,
-            principal: self.caller.principal,
-            team: self.caller.team,
-            role: self.caller.role.as_str().to_string(),
-            client_name: self.client_name,
-            client_version: self.client_version,
-            project: self.project,
+    pub fn finish_with(mut self, outcome: AuditOutcome, error: Option<&str>) {
+        self.record(outcome, error);
+    }
+
+    fn record(&mut self, outcome: AuditOutcome, error: Option<&str>) {
+        let Some(c) = self.call.take() else {
+            return;
+        };
+        let duration_ms = c.started.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        tracing::debug!(request_id = %c.request_id, tool = %c.tool, "audited");
+        self.log.record(AuditRecord {
+            at: c.at,
+            tool: c.tool,
+            arguments: c.arguments,
+            principal: c.caller.principal,
+            team: c.caller.team,
+            role: c.caller.role.as_str().to_string(),
+            client_name: c.client_name,
+            client_version: c.client_version,
+            project: c.project,
             outcome: outcome.as_str(),
             error: error.map(|e| sanitize_text(e, AUDIT_ERROR_MAX_BYTES)),
             duration_ms,
         });
+    }
+}
+
+impl Drop for CallAudit {
+    fn drop(&mut self) {
+        self.record(
+            AuditOutcome::ProtocolError,
+            Some("the call was cancelled before it finished (client went away or codeb stopped)"),
+        );
     }
 }
 

@@ -342,7 +342,8 @@ impl ServerHandler for CodebServer {
         let name = request.name.to_string();
         let started = Instant::now();
         // Audit (DESIGN §6): every call, arguments redacted; written off the request path.
-        let audit = audit_query::CallAudit::begin(self.caller(), &request, &context);
+        let audit =
+            audit_query::CallAudit::begin(&self.ctx.audit, self.caller(), &request, &context);
         let tcc = ToolCallContext::new(self, request, context);
         let mut result = self.tools.call(tcc).await;
         // Error texts carry causes from servers and databases: scrub any
@@ -361,7 +362,7 @@ impl ServerHandler for CodebServer {
             Ok(_) => "ok",
             Err(_) => "protocol_error",
         };
-        audit.finish(&self.ctx.audit, &result);
+        audit.finish(&result);
         tracing::info!(
             tool = ?name,
             outcome,

@@ -108,8 +108,13 @@ enum Msg {
 }
 
 /// The process's audit log: built with the shared context, its writer task
-/// starts on the first recorded call.
+/// starts on the first recorded call. Clones share it.
+#[derive(Clone)]
 pub struct AuditLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     db: Db,
     tx: OnceLock<mpsc::Sender<Msg>>,
     handle: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -120,34 +125,36 @@ impl AuditLog {
     /// An audit log writing to `db`; starts nothing yet.
     pub fn new(db: Db) -> Self {
         Self {
-            db,
-            tx: OnceLock::new(),
-            handle: Mutex::new(None),
-            dropped: Arc::new(AtomicU64::new(0)),
+            shared: Arc::new(Shared {
+                db,
+                tx: OnceLock::new(),
+                handle: Mutex::new(None),
+                dropped: Arc::new(AtomicU64::new(0)),
+            }),
         }
     }
 
     /// Rows dropped so far because the buffer was full.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.shared.dropped.load(Ordering::Relaxed)
     }
 
     fn sender(&self) -> Option<&mpsc::Sender<Msg>> {
-        if let Some(tx) = self.tx.get() {
+        if let Some(tx) = self.shared.tx.get() {
             return Some(tx);
         }
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(self.tx.get_or_init(|| {
+        Some(self.shared.tx.get_or_init(|| {
             let (tx, rx) = mpsc::channel(AUDIT_CHANNEL_ROWS);
             let writer = Writer {
-                db: self.db.clone(),
+                db: self.shared.db.clone(),
                 pending: VecDeque::new(),
-                dropped: self.dropped.clone(),
+                dropped: self.shared.dropped.clone(),
                 dropped_logged: 0,
                 failing: None,
             };
             let handle = runtime.spawn(writer.run(rx));
-            *self.handle.lock().expect("audit handle lock") = Some(handle);
+            *self.shared.handle.lock().expect("audit handle lock") = Some(handle);
             tx
         }))
     }
@@ -161,7 +168,7 @@ impl AuditLog {
         match tx.try_send(Msg::Row(Box::new(row))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Closed(Msg::Row(row))) => {
                 log_unwritten(&row, "audit writer stopped");
@@ -172,7 +179,7 @@ impl AuditLog {
 
     /// Writes every row queued before this call; waits at most `timeout`.
     pub async fn flush(&self, timeout: Duration) -> Result<(), AuditError> {
-        let Some(tx) = self.tx.get() else {
+        let Some(tx) = self.shared.tx.get() else {
             return Ok(());
         };
         let (ack, done) = oneshot::channel();
@@ -190,7 +197,7 @@ impl AuditLog {
     /// most `timeout`. Rows not written by then are logged as JSON lines
     /// (`audit row not written`) with one error line saying how many.
     pub async fn shutdown(&self, timeout: Duration) -> AuditShutdown {
-        let Some(tx) = self.tx.get() else {
+        let Some(tx) = self.shared.tx.get() else {
             return AuditShutdown::default();
         };
         let deadline = tokio::time::Instant::now() + timeout;
@@ -207,7 +214,7 @@ impl AuditLog {
             _ => {
                 // The writer is stuck on the database: stop it and log
                 // whatever it still holds.
-                let handle = self.handle.lock().expect("audit handle lock").take();
+                let handle = self.shared.handle.lock().expect("audit handle lock").take();
                 if let Some(h) = handle {
                     h.abort();
                 }
