@@ -274,6 +274,11 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::Key { action } => key_command(&ctx, action).await,
         Command::Schemas { .. } => unreachable!("handled before config is loaded"),
     };
+    // Audit rows queued by the last calls reach the database before exit
+    // (bounded wait; what cannot be written is logged, see ops::audit).
+    ctx.audit
+        .shutdown(crate::ops::audit::AUDIT_SHUTDOWN_TIMEOUT)
+        .await;
     ctx.fleet.close().await;
     result
 }

@@ -5,6 +5,7 @@
 // of 2025-06-18 and 2025-11-25, which codeb serves too.
 #![allow(deprecated)]
 
+pub mod audit_query;
 pub mod backup_create;
 pub mod backup_list;
 pub mod compact;
@@ -152,6 +153,7 @@ impl CodebServer {
             + Self::domain_setup_router()
             + Self::domain_list_router()
             + Self::keys_router()
+            + Self::audit_query_router()
     }
 
     /// The router, for sharing between sessions.
@@ -396,6 +398,17 @@ impl ServerHandler for CodebServer {
     ) -> Result<CallToolResponse, ErrorData> {
         let name = request.name.to_string();
         let started = Instant::now();
+        // Audit (DESIGN §6): every call — refused ones too — with the
+        // caller as authenticated, arguments redacted, written off the
+        // request path.
+        let audit_caller = self.request_caller(&context).unwrap_or_else(|| Caller {
+            principal: "unauthenticated".into(),
+            team: String::new(),
+            role: crate::model::Role::Viewer,
+            key_id: None,
+        });
+        let audit =
+            audit_query::CallAudit::begin(&self.ctx.audit, audit_caller, &request, &context);
         // Access control (DESIGN §6): role, then team of the project or handle.
         let mut result = match self.authorize_call(&request, &context).await {
             Err(denied) => Ok(CallToolResponse::Complete(denied)),
@@ -420,6 +433,7 @@ impl ServerHandler for CodebServer {
             Ok(_) => "ok",
             Err(_) => "protocol_error",
         };
+        audit.finish(&result);
         tracing::info!(
             tool = ?name,
             outcome,

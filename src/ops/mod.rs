@@ -1,6 +1,7 @@
 //! Operations: observe state and servers, plan, apply. Tool handlers call
 //! these; these call `state`, `plan` and `exec`.
 
+pub mod audit;
 pub mod backup;
 pub mod caddy;
 pub mod domains;
@@ -42,6 +43,8 @@ pub struct Ctx {
     pub pdns: pdns::PdnsCache,
     /// The env master key, when configured (config validation checked it).
     pub env_key: Option<Arc<env::EnvKey>>,
+    /// The audit log of tool calls (one writer per process).
+    pub audit: audit::AuditLog,
 }
 
 impl Ctx {
@@ -71,10 +74,12 @@ impl Ctx {
             .ok()
             .flatten()
             .map(Arc::new);
+        let audit = audit::AuditLog::new(db.clone());
         Self {
             config: Arc::new(config),
             fleet,
             db,
+            audit,
             observer: observe::Observer::default(),
             instance_id: format!(
                 "codeb-{}-{}",

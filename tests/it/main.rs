@@ -3,6 +3,7 @@
 //! binary; `tools/test` brings the testbed up and sets DATABASE_URL.
 
 mod app_host;
+mod audit;
 mod auth;
 mod backups;
 mod caddy;
