@@ -115,13 +115,37 @@ import urllib.request  # noqa: E402
 STATELESS = "2026-07-28"
 
 
+# Every /mcp request needs an API key (DESIGN §6). Benches mint an owner key
+# for the run and raise the per-key rate limit (default 100 requests a
+# minute) far above what they send; the limiter still runs on every request.
+BENCH_RATE_LIMIT_PER_MINUTE = 1_000_000_000
+
+
+def bench_env(log_level="warn"):
+    env = dict(os.environ, CODEB_LOG=log_level,
+               CODEB_AUTH__RATE_LIMIT_PER_MINUTE=str(BENCH_RATE_LIMIT_PER_MINUTE))
+    env.pop("CODEB_CONFIG", None)
+    return env
+
+
+def mint_key(binary, config, label="bench"):
+    """A fresh owner key of team `default` (printed once by `codeb key create`)."""
+    r = subprocess.run([binary, "--config", config, "key", "create", "--team", "default",
+                        "--role", "owner", "--label", label],
+                       env=bench_env(), capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 or not r.stdout.strip().startswith("codeb_"):
+        raise RuntimeError(f"codeb key create failed (exit {r.returncode}): {r.stderr.strip()[:500]}")
+    return r.stdout.strip()
+
+
 class CodebHttp:
     """`codeb --config CONFIG serve --http 127.0.0.1:0`, port taken from its
-    `serving MCP at` line; stderr is drained into a short tail for errors."""
+    `serving MCP at` line; stderr is drained into a short tail for errors.
+    `key` is an owner API key minted for this server."""
 
     def __init__(self, binary, config, log_level="warn", start_timeout=120):
-        env = dict(os.environ, CODEB_LOG=log_level)
-        env.pop("CODEB_CONFIG", None)
+        self.key = mint_key(binary, config)
+        env = bench_env(log_level)
         self.proc = subprocess.Popen(
             [binary, "--config", config, "serve", "--http", "127.0.0.1:0"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
@@ -174,8 +198,9 @@ class McpStateless:
     initialize, no session; every request carries the protocol headers and
     `_meta`, and the answer is plain JSON."""
 
-    def __init__(self, port, timeout=600):
+    def __init__(self, port, key, timeout=600):
         self.port = port
+        self.key = key
         self.timeout = timeout
         self.conn = None
         self.next_id = 0
@@ -203,6 +228,7 @@ class McpStateless:
             },
         }).encode()
         headers = {
+            "Authorization": f"Bearer {self.key}",
             "Accept": "application/json, text/event-stream",
             "Content-Type": "application/json",
             "Mcp-Protocol-Version": STATELESS,

@@ -50,6 +50,9 @@ local HEADERS = {
   ["Content-Type"] = "application/json",
   ["Mcp-Protocol-Version"] = "2025-11-25",
 }
+-- The API key comes from the environment (tools/bench/http mints one).
+local key = os.getenv("CODEB_BENCH_KEY")
+if key and key ~= "" then HEADERS["Authorization"] = "Bearer " .. key end
 
 local function shell_quote(s)
   return "'" .. string.gsub(s, "'", "'\\''") .. "'"
