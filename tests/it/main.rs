@@ -19,6 +19,7 @@ mod mcp_http;
 mod mcp_stdio;
 mod pdns;
 mod podman_cmds;
+mod policy;
 mod schemas;
 mod secrets;
 mod storage;
