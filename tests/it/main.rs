@@ -13,6 +13,7 @@ mod drift;
 mod env;
 mod faults;
 mod files;
+mod injection;
 mod lifecycle;
 mod lifecycle_faults;
 mod mcp_http;
