@@ -24,4 +24,5 @@ mod policy;
 mod schemas;
 mod secrets;
 mod storage;
+mod validators;
 mod zero_downtime;
