@@ -48,9 +48,7 @@ impl fmt::Display for ServerRole {
 }
 
 /// A deployment environment.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
     /// Live traffic.
@@ -96,9 +94,7 @@ impl fmt::Display for Environment {
 }
 
 /// One of the two slots of a (project, environment).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SlotName {
     /// Even port.
@@ -193,9 +189,7 @@ pub fn describe_input(s: &str) -> String {
 }
 
 /// Access roles, ordered (DESIGN §6): viewer < member < admin < owner.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads.
@@ -231,6 +225,50 @@ impl Role {
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Deserialises a lowercase name with `parse`. Unlike serde's derived
+/// "unknown variant" error, the message never echoes a long or
+/// control-character value (it goes back to the caller as a tool error).
+fn deserialize_name<'de, D, T>(
+    d: D,
+    what: &str,
+    accepted: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let s = String::deserialize(d)?;
+    parse(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{what} {} is unknown; use {accepted}",
+            describe_input(&s)
+        ))
+    })
+}
+
+impl<'de> Deserialize<'de> for Environment {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_name(
+            d,
+            "environment",
+            "production, staging or preview",
+            Self::parse,
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for SlotName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_name(d, "slot", "blue or green", Self::parse)
+    }
+}
+
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        deserialize_name(d, "role", "viewer, member, admin or owner", Self::parse)
     }
 }
 

@@ -28,6 +28,9 @@ pub struct DeployParams {
     /// Your key (e.g. a CI run id); repeating it returns the same deployment.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Admin/owner only: why production may take an image never deployed to staging (1-1000 chars; recorded).
+    #[serde(default)]
+    pub override_reason: Option<String>,
 }
 
 /// Result of deploy.
@@ -57,11 +60,13 @@ pub struct DeployResult {
     pub replayed: bool,
     /// Env version the container runs with (absent: no variables, or a dry run).
     pub env_version: Option<i32>,
+    /// Production policy verdict: staged first, or overridden.
+    pub policy: Option<String>,
 }
 
 #[tool_router(router = deploy_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Deploy an image into the inactive slot: pull, replace its container, run it with the latest env version, health-gate it, route its preview URL. Live traffic moves only on promote. A failure cleans the slot. Reports progress.
+    /// Deploy an image into the inactive slot: pull, replace its container, run it with the latest env version, health-gate it, route its preview URL. Live traffic moves only on promote. A failure cleans the slot. Production takes only images deployed healthy to staging first (admins may pass override_reason). Reports progress.
     #[tool(
         name = "deploy",
         title = "Deploy an image",
@@ -87,6 +92,7 @@ impl CodebServer {
                 p.environment,
                 &p.image,
                 p.idempotency_key.as_deref(),
+                p.override_reason.as_deref(),
                 p.dry_run,
                 &caller,
                 progress,
@@ -100,8 +106,16 @@ impl CodebServer {
         Ok(Json(match outcome {
             (Outcome::Planned(plan), p) => DeployResult {
                 summary: format!(
-                    "dry run: would deploy {} into {} {} {} (port {}); nothing changed",
-                    p.image, p.project, p.environment, plan.slot, plan.port
+                    "dry run: would deploy {} into {} {} {} (port {}){}; nothing changed",
+                    p.image,
+                    p.project,
+                    p.environment,
+                    plan.slot,
+                    plan.port,
+                    plan.policy
+                        .as_deref()
+                        .map(|v| format!("; policy {v}"))
+                        .unwrap_or_default()
                 ),
                 dry_run: true,
                 deployment_id: None,
@@ -114,6 +128,7 @@ impl CodebServer {
                 warnings: plan.warnings,
                 replayed: false,
                 env_version: None,
+                policy: plan.policy,
             },
             (Outcome::Done(d), p) => DeployResult {
                 summary: format!(
@@ -137,6 +152,7 @@ impl CodebServer {
                 warnings: d.warnings,
                 replayed: d.replayed,
                 env_version: d.env_version,
+                policy: d.policy,
             },
         }))
     }

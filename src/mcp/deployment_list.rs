@@ -46,7 +46,7 @@ pub struct DeploymentInfo {
     pub image: Option<String>,
     /// Who asked.
     pub principal: String,
-    /// Recorded reason (rollback).
+    /// Recorded reason (rollback, production deploy override).
     pub reason: Option<String>,
     /// What went wrong.
     pub error: Option<String>,

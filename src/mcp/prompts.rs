@@ -67,7 +67,7 @@ pub fn prompt_get(
             "Ship a new release of `{project}` to {environment} with codeb.\n\
              1. Call health_check; stop if any server is unhealthy and report it.\n\
              2. Call slot_status for project `{project}`, environment `{environment}`: note the active slot and image.\n\
-             3. Deploy the image with deploy (dry_run first, show the plan, then run it).\n\
+             3. Deploy the image with deploy (dry_run first, show the plan, then run it). Production takes only an image already deployed healthy to staging: deploy it to staging first.\n\
              4. Open the preview URL from the result and check it answers as expected.\n\
              5. Promote with promote; confirm that the domain now serves the new slot.\n\
              6. Report the deployment id, the slot, the image and the summary lines."

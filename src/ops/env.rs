@@ -318,10 +318,13 @@ pub async fn set(
     may_change_protected: bool,
     caller: &Caller,
 ) -> Result<EnvSetOutcome, OpError> {
-    // Values are secrets from the moment they arrive.
-    redact::register_all(change.set.values().map(String::as_str));
+    // Values are secrets from the moment they are accepted. Not before:
+    // a refused value (say 1 MB of text) must not reach the redaction
+    // matcher every later message goes through, and refusals never echo
+    // values.
     envvars::validate_change(change, &ctx.config.env.protected_keys, may_change_protected)
         .map_err(|e| OpError::Invalid(e.0))?;
+    redact::register_all(change.set.values().map(String::as_str));
     let t = target(ctx, project, environment).await?;
     let key = key(ctx)?;
     let pool = ctx.db.pool().await?;

@@ -28,6 +28,7 @@ use crate::plan::deploy::{
 use crate::plan::dns::{env_hostnames, srv_patch_body, RrsetChange};
 use crate::plan::env::EnvView;
 use crate::plan::podman::{self, RunSpec};
+use crate::plan::policy::{self, validate_override_reason, PolicyVerdict};
 use crate::plan::switch::{plan_cleanup, plan_promote, plan_rollback, SwitchPlan};
 use crate::state::deployments::{self as journal, Begin, NewDeployment};
 use crate::state::slots::{self, EnvRow};
@@ -583,6 +584,8 @@ pub struct DeployOutcome {
     pub replayed: bool,
     /// Env version the container runs with (None: the environment has no variables).
     pub env_version: Option<i32>,
+    /// The production policy's verdict (DESIGN §6).
+    pub policy: Option<String>,
 }
 
 /// Either a plan (dry run) or what was done.
@@ -620,6 +623,7 @@ pub async fn deploy(
     environment: Environment,
     image: &str,
     idempotency_key: Option<&str>,
+    override_reason: Option<&str>,
     dry_run: bool,
     caller: &Caller,
     progress: ProgressTx,
@@ -633,13 +637,29 @@ pub async fn deploy(
             ));
         }
     }
+    if let Some(r) = override_reason {
+        validate_override_reason(r).map_err(|e| OpError::Invalid(e.0))?;
+    }
     let observed = observe(ctx, project, environment).await?;
+    // The production policy (DESIGN §6) is checked before anything runs,
+    // dry run included, so a dry run says whether the deploy would be refused.
+    let staged = environment == Environment::Production
+        && journal::staging_deploy_succeeded(ctx.db.pool().await?, observed.project_id, image)
+            .await?;
+    let verdict = policy::check_deploy(environment, image, staged, override_reason, caller.role)
+        .map_err(|e| OpError::Refused(e.0))?;
+    let recorded_reason = match &verdict {
+        PolicyVerdict::Overridden { reason } => Some(reason.as_str()),
+        _ => None,
+    };
+    let policy_text = (environment == Environment::Production).then(|| verdict.to_string());
     let input = DeployInput {
         image: image.to_string(),
     };
     if dry_run {
-        let plan = plan_deploy(&observed.view, &input, &ctx.config.routing.preview_domain)
+        let mut plan = plan_deploy(&observed.view, &input, &ctx.config.routing.preview_domain)
             .map_err(|e| OpError::Refused(e.0))?;
+        plan.policy = policy_text;
         return Ok(Outcome::Planned(plan));
     }
     // One phase per plan step, plus "planned" and "deployed": the plan made
@@ -652,7 +672,7 @@ pub async fn deploy(
         environment,
         Some(image),
         idempotency_key,
-        None,
+        recorded_reason,
         caller,
         progress,
         total,
@@ -695,6 +715,7 @@ pub async fn deploy(
                 warnings: plan.warnings.clone(),
                 replayed: false,
                 env_version,
+                policy: policy_text,
             };
             op.phase("deployed");
             let result = serde_json::to_value(&outcome).ok();
@@ -762,6 +783,8 @@ impl<'de> serde::Deserialize<'de> for DeployOutcome {
             warnings: Vec<String>,
             #[serde(default)]
             env_version: Option<i32>,
+            #[serde(default)]
+            policy: Option<String>,
         }
         let r = Raw::deserialize(d)?;
         Ok(DeployOutcome {
@@ -774,6 +797,7 @@ impl<'de> serde::Deserialize<'de> for DeployOutcome {
             warnings: r.warnings,
             replayed: false,
             env_version: r.env_version,
+            policy: r.policy,
         })
     }
 }

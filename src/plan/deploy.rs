@@ -97,6 +97,9 @@ pub struct DeployPlan {
     pub steps: Vec<DeployStep>,
     /// Things the caller should know (e.g. a grace slot is replaced).
     pub warnings: Vec<String>,
+    /// The production policy's verdict (DESIGN §6), set by the operation
+    /// once it has observed staging; `None` from the planner.
+    pub policy: Option<String>,
 }
 
 impl fmt::Display for DeployPlan {
@@ -178,6 +181,7 @@ pub fn plan_deploy(
         preview_host,
         steps,
         warnings,
+        policy: None,
     })
 }
 

@@ -13,5 +13,6 @@ pub mod envvars;
 pub mod files;
 pub mod health;
 pub mod podman;
+pub mod policy;
 pub mod storage;
 pub mod switch;

@@ -29,7 +29,7 @@ pub struct NewDeployment<'a> {
     pub idempotency_key: Option<&'a str>,
     /// Who asked.
     pub principal: &'a str,
-    /// Why (rollback reasons).
+    /// Why (rollback reasons, production deploy overrides).
     pub reason: Option<&'a str>,
     /// This process's lease owner id.
     pub lease_owner: &'a str,
@@ -321,6 +321,24 @@ pub async fn deployment_by_id(pool: &PgPool, id: Uuid) -> Result<Option<Deployme
             .fetch_optional(pool)
             .await?,
     )
+}
+
+/// Whether a deploy of exactly `image` to the project's staging ever
+/// succeeded (passed its health gate): the production policy (DESIGN §6).
+pub async fn staging_deploy_succeeded(
+    pool: &PgPool,
+    project_id: i64,
+    image: &str,
+) -> Result<bool, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM deployments
+                         WHERE project_id = $1 AND environment = 'staging'
+                           AND operation = 'deploy' AND status = 'succeeded' AND image = $2)",
+    )
+    .bind(project_id)
+    .bind(image)
+    .fetch_one(pool)
+    .await?)
 }
 
 /// A page of deployments, newest first, after the `after` id.

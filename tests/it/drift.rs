@@ -126,9 +126,14 @@ async fn each_hand_made_change_is_reported_once() {
                 .extend(extra.as_object().unwrap().clone());
             a
         };
-        structured(&call(&client, "deploy", env(json!({"image": image("v1")}))).await);
+        structured(&call(&client, "deploy", env(json!({"image": image("v1"), "override_reason": "test: no staging in this test"}))).await);
         structured(&call(&client, "promote", env(json!({}))).await);
-        let r = call(&client, "deploy", env(json!({"image": image("v2")}))).await;
+        let r = call(
+            &client,
+            "deploy",
+            env(json!({"image": image("v2"), "override_reason": "test: no staging in this test"})),
+        )
+        .await;
         let green = structured(&r).clone();
         assert_eq!(green["slot"], json!("green"), "{green}");
         structured(
@@ -149,7 +154,7 @@ async fn each_hand_made_change_is_reported_once() {
         // 1. A container removed by hand.
         run_ok(&*app, &podman::rm_force(&green_name).unwrap()).await;
         expect_one(&client, &p, "container_missing", &green_name).await;
-        structured(&call(&client, "deploy", env(json!({"image": image("v2")}))).await);
+        structured(&call(&client, "deploy", env(json!({"image": image("v2"), "override_reason": "test: no staging in this test"}))).await);
         expect_clean(&client, &p).await;
 
         // 2. Another image started under the slot's name, with codeb labels.
@@ -195,7 +200,7 @@ async fn each_hand_made_change_is_reported_once() {
         run_ok(&*app, &podman::run(&spec).unwrap()).await;
         let f = expect_one(&client, &p, "container_image", &green_name).await;
         assert!(f["found"].as_str().unwrap().contains("demo:v1"), "{f}");
-        structured(&call(&client, "deploy", env(json!({"image": image("v2")}))).await);
+        structured(&call(&client, "deploy", env(json!({"image": image("v2"), "override_reason": "test: no staging in this test"}))).await);
         expect_clean(&client, &p).await;
 
         // 3. A route rrset edited through the PowerDNS API.
@@ -415,7 +420,7 @@ async fn fifty_projects_take_the_same_round_trips_as_one() {
         let r = call(
             &client,
             "deploy",
-            json!({"project": first, "environment": "production", "image": image("v1")}),
+            json!({"project": first, "environment": "production", "image": image("v1"), "override_reason": "test: no staging in this test"}),
         )
         .await;
         assert_eq!(structured(&r)["port"], json!(pair), "{r:?}");

@@ -156,7 +156,7 @@ async fn blue_green_lifecycle() {
     let r = call(
         &client,
         "deploy",
-        json!({"project": p, "environment": "production", "image": image("v1"), "dry_run": true}),
+        json!({"project": p, "environment": "production", "image": image("v1"), "dry_run": true, "override_reason": "test: no staging in this test"}),
     )
     .await;
     let v = structured(&r);
@@ -168,7 +168,7 @@ async fn blue_green_lifecycle() {
     let (r, progress) = call_with_progress(
         &client,
         "deploy",
-        json!({"project": p, "environment": "production", "image": image("v1")}),
+        json!({"project": p, "environment": "production", "image": image("v1"), "override_reason": "test: no staging in this test"}),
     )
     .await;
     let v = structured(&r).clone();
@@ -199,7 +199,7 @@ async fn blue_green_lifecycle() {
     let r = call(
         &client,
         "deploy",
-        json!({"project": p, "environment": "production", "image": image("v2")}),
+        json!({"project": p, "environment": "production", "image": image("v2"), "override_reason": "test: no staging in this test"}),
     )
     .await;
     assert_eq!(structured(&r)["slot"], json!("green"));
@@ -310,7 +310,7 @@ async fn blue_green_lifecycle() {
     let r = call(
         &client,
         "deploy",
-        json!({"project": p, "environment": "production", "image": image("broken")}),
+        json!({"project": p, "environment": "production", "image": image("broken"), "override_reason": "test: no staging in this test"}),
     )
     .await;
     let text = error_text(&r);
@@ -334,7 +334,7 @@ async fn blue_green_lifecycle() {
     assert!(blue["container"].is_null(), "{blue}");
 
     // The pair is free for the next deploy; an idempotency key returns the same deployment.
-    let args = json!({"project": p, "environment": "production", "image": image("v1"), "idempotency_key": "ci-1"});
+    let args = json!({"project": p, "environment": "production", "image": image("v1"), "idempotency_key": "ci-1", "override_reason": "test: no staging in this test"});
     let first = call(&client, "deploy", args.clone()).await;
     let again = call(&client, "deploy", args).await;
     assert_eq!(

@@ -287,7 +287,7 @@ fn preview(p: &str, slot: &str) -> String {
 }
 
 fn deploy_args(p: &str, tag: &str) -> Value {
-    json!({"project": p, "environment": "production", "image": image(tag)})
+    json!({"project": p, "environment": "production", "image": image(tag), "override_reason": "test: no staging in this test"})
 }
 
 fn env_args(p: &str) -> Value {

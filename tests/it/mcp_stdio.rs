@@ -141,7 +141,7 @@ pub async fn exercise_tools(client: &RunningService<RoleClient, ()>) {
         (
             "slot_status",
             json!({"project": name, "environment": "prod"}),
-            "unknown variant",
+            "environment \"prod\" is unknown; use production, staging or preview",
         ),
         ("slot_status", json!({}), "missing field"),
         (

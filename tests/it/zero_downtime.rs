@@ -178,7 +178,7 @@ async fn promote_and_rollback_under_load_lose_nothing() {
     structured(
         &call(
             "deploy",
-            json!({"project": p, "environment": "production", "image": image("v1")}),
+            json!({"project": p, "environment": "production", "image": image("v1"), "override_reason": "test: no staging in this test"}),
         )
         .await,
     );
@@ -192,7 +192,7 @@ async fn promote_and_rollback_under_load_lose_nothing() {
     structured(
         &call(
             "deploy",
-            json!({"project": p, "environment": "production", "image": image("v2")}),
+            json!({"project": p, "environment": "production", "image": image("v2"), "override_reason": "test: no staging in this test"}),
         )
         .await,
     );
