@@ -234,14 +234,20 @@ fn validate_tool_name(tool: &str) -> Result<(), String> {
     }
 }
 
+/// Principals are `local`, `unauthenticated` or `key:<uuid>`.
 fn validate_principal(principal: &str) -> Result<(), String> {
-    if (1..=AUDIT_NAME_MAX_BYTES).contains(&principal.len())
-        && !principal.chars().any(char::is_control)
-    {
+    let ok = principal.len() <= AUDIT_NAME_MAX_BYTES
+        && (principal == "local"
+            || principal == "unauthenticated"
+            || principal
+                .strip_prefix("key:")
+                .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()));
+    if ok {
         Ok(())
     } else {
         Err(format!(
-            "principal must be 1-{AUDIT_NAME_MAX_BYTES} bytes without control characters"
+            "principal {} is invalid: use local, unauthenticated or key:<key id> (key_list shows ids)",
+            crate::model::describe_input(principal)
         ))
     }
 }
@@ -359,6 +365,9 @@ mod tests {
             assert!(validate_tool_name(bad).is_err(), "{bad}");
         }
         assert!(validate_principal("local").is_ok());
+        assert!(validate_principal("key:5a1d4c7e-1f4b-4a8e-9d3c-2b6f0e1a7c9d").is_ok());
+        assert!(validate_principal("-rf").is_err());
+        assert!(validate_principal("key:x").is_err());
         assert!(validate_principal("a\nb").is_err());
         assert!(validate_principal("").is_err());
     }

@@ -245,12 +245,23 @@ pub struct KeyRevokeResult {
     pub key: KeyInfo,
 }
 
-/// Validates a label: printable, at most 100 characters.
+/// Validates a label: at most 100 of ASCII letters, digits, space and
+/// `._:@-`, not starting with '-' or a space (labels are shown to people
+/// next to keys: no look-alikes, no direction overrides).
 pub fn validate_label(label: &str) -> Result<(), String> {
-    if label.chars().count() > 100 || label.chars().any(char::is_control) {
-        return Err("label must be at most 100 printable characters".into());
+    let ok = label.len() <= 100
+        && !label.starts_with(['-', ' '])
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b" ._:@-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "label {} is invalid: use at most 100 ASCII letters, digits, spaces and ._:@-, not starting with '-' or a space",
+            crate::model::describe_input(label)
+        ))
     }
-    Ok(())
 }
 
 /// Creates a key (shared by the tool and `codeb key create`). Returns the
@@ -313,8 +324,8 @@ impl CodebServer {
         let caller = self.caller();
         let role = Role::parse(&p.role).ok_or_else(|| {
             format!(
-                "role must be viewer, member, admin or owner, got {:?}",
-                p.role
+                "role must be viewer, member, admin or owner, got {}",
+                crate::model::describe_input(&p.role)
             )
         })?;
         if role > caller.role {
@@ -391,7 +402,12 @@ impl CodebServer {
         Parameters(p): Parameters<KeyRevokeParams>,
     ) -> Result<Json<KeyRevokeResult>, String> {
         let caller = self.caller();
-        let not_found = || format!("key {:?} not found; key_list shows your team's keys", p.id);
+        let not_found = || {
+            format!(
+                "key {} not found; key_list shows your team's keys",
+                crate::model::describe_input(&p.id)
+            )
+        };
         let id = uuid::Uuid::parse_str(&p.id).map_err(|_| not_found())?;
         let pool = self
             .ctx()

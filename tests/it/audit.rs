@@ -29,9 +29,8 @@ fn client_info() -> ClientConfig {
 }
 
 async fn http_client(server: &HttpServer) -> Client {
-    use rmcp::transport::StreamableHttpClientTransport;
     use rmcp::ServiceExt;
-    let transport = StreamableHttpClientTransport::from_uri(server.url.clone());
+    let transport = server.transport();
     client_info()
         .serve(transport)
         .await
@@ -172,7 +171,13 @@ async fn sequence_is_audited_once(client: &Client, transport: &str) {
             json!(CLIENT_VERSION),
             "{transport}: {e}"
         );
-        assert_eq!(e["principal"], json!("local"), "{e}");
+        // stdio: the local operator; HTTP: the API key that authenticated.
+        let principal = e["principal"].as_str().unwrap();
+        if transport == "stdio" {
+            assert_eq!(principal, "local", "{e}");
+        } else {
+            assert!(principal.starts_with("key:"), "{e}");
+        }
         assert_eq!(e["team"], json!("default"), "{e}");
         assert_eq!(e["role"], json!("owner"), "{e}");
         assert_eq!(e["arguments"]["project"], json!(p), "{e}");
@@ -227,6 +232,7 @@ async fn stateless_request_records_client_from_meta() {
     });
     let resp = reqwest::Client::new()
         .post(&server.url)
+        .header("authorization", format!("Bearer {}", server.key))
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2026-07-28")
@@ -270,7 +276,7 @@ async fn canary_in_arguments_never_reaches_the_audit_log() {
         json!({"project": p, "environment": "prod", "set": {"X": canary}}),
     )
     .await;
-    assert!(error_text(&r).contains("unknown variant"));
+    assert!(error_text(&r).contains("is unknown"), "{r:?}");
     let r = call_ok(
         &client,
         "slot_status",
@@ -349,9 +355,18 @@ async fn audit_query_paginates_and_filters() {
     let tool = audit_entries(&client, json!({"project": p, "tool": "slot_status"})).await;
     assert_eq!(tool.len(), 1);
     assert_eq!(tool[0]["outcome"], json!("tool_error"));
-    let local = audit_entries(&client, json!({"project": p, "principal": "local"})).await;
-    assert_eq!(local.len(), 6);
-    let nobody = audit_entries(&client, json!({"project": p, "principal": "nobody"})).await;
+    let me = audit_entries(&client, json!({"project": p})).await[0]["principal"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(me.starts_with("key:"), "{me}");
+    let mine = audit_entries(&client, json!({"project": p, "principal": me})).await;
+    assert_eq!(mine.len(), 6);
+    let nobody = audit_entries(
+        &client,
+        json!({"project": p, "principal": "key:00000000-0000-4000-8000-000000000000"}),
+    )
+    .await;
     assert!(nobody.is_empty());
     let since = (before - chrono::Duration::seconds(1)).to_rfc3339();
     assert_eq!(
@@ -446,11 +461,11 @@ async fn sigterm_flushes_queued_rows() {
     const N: usize = 40;
     let (mut child, url, log) = spawn_http(&[]).await;
     let p = unique_project("audit-term");
+    let key = super::common::mint_key("default", "owner");
     let client = {
-        use rmcp::transport::StreamableHttpClientTransport;
         use rmcp::ServiceExt;
         client_info()
-            .serve(StreamableHttpClientTransport::from_uri(url))
+            .serve(super::common::http_transport(&url, &key))
             .await
             .expect("http initialize")
     };

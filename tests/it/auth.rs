@@ -113,7 +113,8 @@ async fn roles_and_teams_are_enforced() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_101st_request_in_a_minute_is_refused() {
     let _guard = FAULT_LOCK.read().await;
-    let server = HttpServer::start().await;
+    // The default limit: 100 requests / 60 s per key.
+    let server = HttpServer::start_with_default_limits().await;
     let a = mint_key("default", "viewer");
     let b = mint_key("default", "viewer");
     let mut statuses = Vec::new();

@@ -165,14 +165,33 @@ pub fn http_transport(
     )
 }
 
+/// The per-key rate limit override (config `auth.rate_limit_per_minute`).
+pub const RATE_LIMIT_VAR: &str = "CODEB_AUTH__RATE_LIMIT_PER_MINUTE";
+
 impl HttpServer {
     /// Starts codeb over HTTP with the testbed config and waits until it listens.
     pub async fn start() -> Self {
         Self::start_with(&testbed().config, &[]).await
     }
 
-    /// Starts codeb over HTTP with `config` and extra environment.
+    /// Starts codeb over HTTP with `config` and extra environment. Tests
+    /// drive hundreds of calls with one key, so the per-key rate limit is
+    /// raised unless `env` sets it (`start_with_default_limits` keeps it).
     pub async fn start_with(config: &Path, env: &[(&str, &str)]) -> Self {
+        let mut all: Vec<(&str, &str)> = env.to_vec();
+        if !env.iter().any(|(k, _)| *k == RATE_LIMIT_VAR) {
+            all.push((RATE_LIMIT_VAR, "1000000"));
+        }
+        Self::start_exactly(config, &all).await
+    }
+
+    /// Starts codeb over HTTP with the testbed config and the configured
+    /// (default) rate limit.
+    pub async fn start_with_default_limits() -> Self {
+        Self::start_exactly(&testbed().config, &[]).await
+    }
+
+    async fn start_exactly(config: &Path, env: &[(&str, &str)]) -> Self {
         let key = mint_key_with(config, env, "default", "owner");
         let mut cmd = tokio::process::Command::new(codeb_bin());
         cmd.arg("--config")

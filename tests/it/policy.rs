@@ -176,6 +176,7 @@ async fn a_members_override_is_refused_and_an_admins_is_not() {
         principal: format!("test-{}", role.as_str()),
         team: "default".into(),
         role,
+        key_id: None,
     };
     let img = image("v1");
     let project = p.as_str();
