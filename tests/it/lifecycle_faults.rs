@@ -190,6 +190,21 @@ async fn call_timed(
     let r = tokio::time::timeout(CALL_LIMIT, response(handle))
         .await
         .unwrap_or_else(|_| panic!("{tool} did not answer within {CALL_LIMIT:?}"));
+    // The server sends every progress notification before the response,
+    // but rmcp's client hands notifications to the handler in tasks of
+    // their own: the last ones may land just after the response. Wait
+    // (bounded) for the final phase of a call that reached it.
+    if r.is_error != Some(true) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && !progress_of(client, &token)
+                .iter()
+                .any(|(_, p)| p.total.is_some_and(|t| p.progress >= t))
+        {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     (r, progress_of(client, &token))
 }
 
