@@ -327,3 +327,61 @@ pub async fn delete_project(pool: &sqlx::PgPool, name: &str) {
         .await
         .expect("delete project");
 }
+
+/// A fresh state database of codeb's on the testbed's PostgreSQL, so a test
+/// neither sees nor disturbs the shared `codeb` database. Drop it with
+/// `drop` (also when the test fails).
+pub struct FreshStateDb {
+    /// Database name, `codeb_{prefix}_{12 hex digits}`.
+    pub name: String,
+    /// URL without password (the config's password file supplies it).
+    pub url: String,
+    maintenance: sqlx::PgPool,
+}
+
+impl FreshStateDb {
+    /// Creates `codeb_{prefix}_{random}`; codeb migrates it at start.
+    pub async fn create(prefix: &str) -> Self {
+        let tb = testbed();
+        let full = tb.database_url();
+        let maintenance = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{}/postgres", full.rsplit_once('/').unwrap().0))
+            .await
+            .expect("connect to the testbed PostgreSQL");
+        let name = format!(
+            "codeb_{prefix}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&maintenance)
+            .await
+            .expect("create a fresh state database");
+        let base = tb.status["database_url"].as_str().unwrap();
+        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        Self {
+            name,
+            url,
+            maintenance,
+        }
+    }
+
+    /// The testbed config pointed at this database.
+    pub fn config(&self) -> codeb::config::Config {
+        let mut c =
+            codeb::config::Config::load(&testbed().config).expect("load the testbed config");
+        c.database.url = self.url.clone();
+        c
+    }
+
+    /// Drops the database (closing its sessions).
+    pub async fn drop(&self) {
+        sqlx::raw_sql(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ))
+        .execute(&self.maintenance)
+        .await
+        .expect("drop the fresh state database");
+    }
+}

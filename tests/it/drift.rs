@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 
 use super::app_host::{app_remote, run_ok, with_cleanup};
 use super::common::{
-    call, error_text, structured, testbed, unique_project, HttpServer, FAULT_LOCK,
+    call, error_text, structured, testbed, unique_project, FreshStateDb, HttpServer, FAULT_LOCK,
 };
 use super::lifecycle::image;
 
@@ -305,51 +305,6 @@ async fn each_hand_made_change_is_reported_once() {
     ctx.fleet.close().await;
 }
 
-/// A fresh state database on the testbed's PostgreSQL, dropped by `drop`.
-struct FreshStateDb {
-    name: String,
-    /// URL without password (the config's password file supplies it).
-    url: String,
-    maintenance: sqlx::PgPool,
-}
-
-impl FreshStateDb {
-    async fn create() -> Self {
-        let tb = testbed();
-        let full = tb.database_url();
-        let maintenance = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&format!("{}/postgres", full.rsplit_once('/').unwrap().0))
-            .await
-            .expect("connect to the testbed PostgreSQL");
-        let name = format!(
-            "codeb_dr_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&maintenance)
-            .await
-            .expect("create a fresh state database");
-        let base = tb.status["database_url"].as_str().unwrap();
-        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-        Self {
-            name,
-            url,
-            maintenance,
-        }
-    }
-
-    async fn drop(&self) {
-        sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.name
-        ))
-        .execute(&self.maintenance)
-        .await
-        .expect("drop the fresh state database");
-    }
-}
-
 /// The findings of a whole-fleet report that concern `projects`.
 fn findings_about(v: &Value, projects: &[String]) -> Vec<Value> {
     v["findings"]
@@ -389,7 +344,7 @@ async fn free_production_pair(app: &dyn codeb::exec::Remote) -> u16 {
 async fn fifty_projects_take_the_same_round_trips_as_one() {
     const N: usize = 50;
     let _guard = FAULT_LOCK.read().await;
-    let state = FreshStateDb::create().await;
+    let state = FreshStateDb::create("dr").await;
     let server =
         HttpServer::start_with(&testbed().config, &[("CODEB_DATABASE__URL", &state.url)]).await;
     let mut cfg = config();

@@ -11,7 +11,6 @@ use std::time::Instant;
 use futures::{FutureExt, StreamExt};
 
 use async_trait::async_trait;
-use codeb::config::Config;
 use codeb::exec::{CmdOutput, ExecError, Fleet, Remote};
 use codeb::model::{Environment, ServerRole, StorageNames};
 use codeb::ops::storage::{
@@ -26,70 +25,15 @@ use serde_json::{json, Value};
 use sqlx::{Connection, Executor};
 
 use super::common::{
-    call, error_text, structured, testbed, unique_project, HttpServer, FAULT_LOCK,
+    call, error_text, structured, testbed, unique_project, FreshStateDb, HttpServer, FAULT_LOCK,
 };
-
-/// A fresh state database of codeb's on the testbed's PostgreSQL, so these
-/// tests neither see nor disturb the shared `codeb` database (whose
-/// migrations other branches may be ahead on).
-struct StateDb {
-    name: String,
-    /// URL without password (the config's password file supplies it).
-    url: String,
-    maintenance: sqlx::PgPool,
-}
-
-impl StateDb {
-    async fn create() -> Self {
-        let tb = testbed();
-        let full = tb.database_url();
-        let maintenance_url = format!("{}/postgres", full.rsplit_once('/').unwrap().0);
-        let maintenance = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&maintenance_url)
-            .await
-            .expect("connect to the testbed PostgreSQL");
-        let name = format!(
-            "codeb_st_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&maintenance)
-            .await
-            .expect("create a fresh state database");
-        let base = tb.status["database_url"].as_str().unwrap();
-        let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-        Self {
-            name,
-            url,
-            maintenance,
-        }
-    }
-
-    /// The testbed config pointed at this database.
-    fn config(&self) -> Config {
-        let mut c = config();
-        c.database.url = self.url.clone();
-        c
-    }
-
-    async fn drop_database(&self) {
-        sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.name
-        ))
-        .execute(&self.maintenance)
-        .await
-        .expect("drop the fresh state database");
-    }
-}
 
 /// Runs `body`; then, whether or not it panicked, drops every storage
 /// object named after `projects` and the fresh state database, so a
 /// failing test leaves nothing on the shared testbed.
 async fn with_cleanup(
     ctx: &Ctx,
-    state: &StateDb,
+    state: &FreshStateDb,
     projects: &[&str],
     body: impl Future<Output = ()>,
 ) {
@@ -119,14 +63,10 @@ async fn with_cleanup(
     if let Ok(pool) = ctx.db.pool().await {
         pool.close().await;
     }
-    state.drop_database().await;
+    state.drop().await;
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
-}
-
-fn config() -> Config {
-    Config::load(&testbed().config).expect("load the testbed config")
 }
 
 /// Whether a PostgreSQL role and a database of this name exist.
@@ -218,7 +158,7 @@ fn database_url(ctx: &Ctx, s: &ProjectStorage, env: usize) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn provisioned_storage_is_isolated_and_reverts() {
     let _guard = FAULT_LOCK.read().await;
-    let state = StateDb::create().await;
+    let state = FreshStateDb::create("st").await;
     let ctx = Ctx::new(state.config());
     let a = unique_project("sta");
     let b = unique_project("stb");
@@ -387,7 +327,7 @@ async fn provisioned_storage_is_isolated_and_reverts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn leftover_role_is_refused_and_kept() {
     let _guard = FAULT_LOCK.read().await;
-    let state = StateDb::create().await;
+    let state = FreshStateDb::create("st").await;
     let ctx = Ctx::new(state.config());
     let p = unique_project("stl");
     with_cleanup(&ctx, &state, &[&p], async {
@@ -459,7 +399,7 @@ impl Remote for RedisCreateFails {
 #[tokio::test(flavor = "multi_thread")]
 async fn failure_after_databases_reverts_them() {
     let _guard = FAULT_LOCK.read().await;
-    let state = StateDb::create().await;
+    let state = FreshStateDb::create("st").await;
     let config = state.config();
     let real = Fleet::from_config(&config);
     let parts = real
@@ -512,7 +452,7 @@ fn ports_of(v: &Value) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_project_create_one_wins() {
     let _guard = FAULT_LOCK.read().await;
-    let state = StateDb::create().await;
+    let state = FreshStateDb::create("st").await;
     let ctx = Ctx::new(state.config());
     let server =
         HttpServer::start_with(&testbed().config, &[("CODEB_DATABASE__URL", &state.url)]).await;
@@ -605,7 +545,7 @@ async fn concurrent_project_create_one_wins() {
 async fn two_hundred_projects_then_range_full() {
     const N: usize = 200;
     let _guard = FAULT_LOCK.read().await;
-    let state = StateDb::create().await;
+    let state = FreshStateDb::create("st").await;
     let ctx = Ctx::new(state.config());
     let server =
         HttpServer::start_with(&testbed().config, &[("CODEB_DATABASE__URL", &state.url)]).await;
