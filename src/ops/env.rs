@@ -214,7 +214,6 @@ pub async fn check_master_key(ctx: &Ctx) -> Result<(), String> {
 struct Target {
     project_id: i64,
     project: String,
-    environment: Environment,
 }
 
 async fn target(ctx: &Ctx, project: &str, environment: Environment) -> Result<Target, OpError> {
@@ -226,7 +225,6 @@ async fn target(ctx: &Ctx, project: &str, environment: Environment) -> Result<Ta
     Ok(Target {
         project_id: row.project_id,
         project: project.to_string(),
-        environment,
     })
 }
 
@@ -472,21 +470,18 @@ pub async fn latest_rendered(
     }))
 }
 
-/// Writes `data` atomically to `path` on `server`, journaling each command
-/// through `run`; stops at the first failure.
-pub(crate) async fn write_remote<F, Fut>(
+/// Writes `data` atomically to `path` on `server` for operation `op`,
+/// journaling each command as `step`; stops at the first failure.
+async fn write_remote(
+    op: &lifecycle::OpHandle<'_>,
+    server: &std::sync::Arc<dyn crate::exec::Remote>,
     path: &str,
-    data: Vec<u8>,
+    data: &[u8],
     step: &str,
-    run: F,
-) -> Result<(), String>
-where
-    F: Fn(String, crate::plan::cmd::RemoteCmd) -> Fut,
-    Fut: std::future::Future<Output = Result<crate::exec::CmdOutput, String>>,
-{
-    let cmds = write_file_atomic(path, data, ENV_FILE_MODE).map_err(|e| e.0)?;
+) -> Result<(), String> {
+    let cmds = write_file_atomic(path, data.to_vec(), ENV_FILE_MODE).map_err(|e| e.0)?;
     for cmd in cmds {
-        let out = run(step.to_string(), cmd.clone()).await?;
+        let out = op.run_on(server, step, &cmd).await?;
         if !out.success() {
             return Err(format!(
                 "`{}` exited with {} writing {path}: {}",
@@ -495,6 +490,43 @@ where
                 out.stderr_tail()
             ));
         }
+    }
+    Ok(())
+}
+
+/// Writes a rendered version's env file to the app server and, when
+/// `with_backup`, its copy to the backup server (concurrently), journaled
+/// as `env_app` / `env_backup`; a version written to both is marked
+/// synced. Used by env_sync and by deploy. On failure: (step, message).
+pub(crate) async fn write_env_files(
+    op: &lifecycle::OpHandle<'_>,
+    project_id: i64,
+    project: &str,
+    environment: Environment,
+    r: &Rendered,
+    with_backup: bool,
+) -> Result<(), (String, String)> {
+    let app = op
+        .server(ServerRole::App)
+        .map_err(|e| ("env_app".to_string(), e))?;
+    let app_path = envvars::app_env_path(project, environment);
+    let data = r.file.as_bytes();
+    let write_app = write_remote(op, &app, &app_path, data, "env_app");
+    if !with_backup {
+        return write_app.await.map_err(|e| ("env_app".to_string(), e));
+    }
+    let backup = op
+        .server(ServerRole::Backup)
+        .map_err(|e| ("env_backup".to_string(), e))?;
+    let backup_path = envvars::backup_env_path(project, environment, r.version);
+    let (a, b) = tokio::join!(
+        write_app,
+        write_remote(op, &backup, &backup_path, data, "env_backup")
+    );
+    a.map_err(|e| ("env_app".to_string(), e))?;
+    b.map_err(|e| ("env_backup".to_string(), e))?;
+    if let Ok(pool) = op.ctx().db.pool().await {
+        let _ = store::mark_synced(pool, project_id, environment.as_str(), r.version).await;
     }
     Ok(())
 }
@@ -566,17 +598,12 @@ pub async fn sync(
         "writing env v{} to the app and backup servers",
         rendered.version
     ));
-    let r = sync_files(&op, &t, &rendered).await;
+    let r = write_env_files(&op, t.project_id, &t.project, environment, &rendered, true).await;
     if r.is_ok() {
         op.phase(format!("env v{} written", rendered.version));
     }
     match r {
         Ok(()) => {
-            if let Ok(pool) = ctx.db.pool().await {
-                let _ =
-                    store::mark_synced(pool, t.project_id, environment.as_str(), rendered.version)
-                        .await;
-            }
             let outcome = EnvSyncOutcome {
                 deployment_id: Some(op.id().to_string()),
                 version: rendered.version,
@@ -604,45 +631,6 @@ pub async fn sync(
             Err(err)
         }
     }
-}
-
-/// Writes the app file and the backup copy concurrently.
-async fn sync_files(
-    op: &lifecycle::OpHandle<'_>,
-    t: &Target,
-    r: &Rendered,
-) -> Result<(), (String, String)> {
-    let app = op
-        .server(ServerRole::App)
-        .map_err(|e| ("env_app".to_string(), e))?;
-    let backup = op
-        .server(ServerRole::Backup)
-        .map_err(|e| ("env_backup".to_string(), e))?;
-    let app_path = envvars::app_env_path(&t.project, t.environment);
-    let backup_path = envvars::backup_env_path(&t.project, t.environment, r.version);
-    let (a, b) = tokio::join!(
-        write_remote(
-            &app_path,
-            r.file.clone().into_bytes(),
-            "env_app",
-            |step, cmd| {
-                let app = app.clone();
-                async move { op.run_on(&app, &step, &cmd).await }
-            }
-        ),
-        write_remote(
-            &backup_path,
-            r.file.clone().into_bytes(),
-            "env_backup",
-            |step, cmd| {
-                let backup = backup.clone();
-                async move { op.run_on(&backup, &step, &cmd).await }
-            }
-        ),
-    );
-    a.map_err(|e| ("env_app".to_string(), e))?;
-    b.map_err(|e| ("env_backup".to_string(), e))?;
-    Ok(())
 }
 
 /// The env changes between the versions two slots run (for rollback).

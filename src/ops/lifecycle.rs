@@ -980,52 +980,23 @@ async fn apply_deploy(
 }
 
 /// Writes the env file a deploy runs with (and, for a version never synced,
-/// the backup copy), journaled as `env_app` / `env_backup`.
+/// the backup copy).
 async fn sync_env_for_deploy(
     op: &Op<'_>,
     env: Option<&crate::ops::env::Rendered>,
 ) -> Result<(), StepFailure> {
     let Some(r) = env else { return Ok(()) };
     let view = &op.row.view;
-    let app = op.server(ServerRole::App).map_err(|e| fail("env", e))?;
-    let app_path = crate::plan::envvars::app_env_path(&view.project, view.environment);
-    let write_app = crate::ops::env::write_remote(
-        &app_path,
-        r.file.clone().into_bytes(),
-        "env_app",
-        |step, cmd| {
-            let app = app.clone();
-            async move { op.run_on(&app, &step, &cmd).await }
-        },
-    );
-    if r.synced {
-        return write_app.await.map_err(|e| fail("env", e));
-    }
-    let backup = op.server(ServerRole::Backup).map_err(|e| fail("env", e))?;
-    let backup_path =
-        crate::plan::envvars::backup_env_path(&view.project, view.environment, r.version);
-    let write_backup = crate::ops::env::write_remote(
-        &backup_path,
-        r.file.clone().into_bytes(),
-        "env_backup",
-        |step, cmd| {
-            let backup = backup.clone();
-            async move { op.run_on(&backup, &step, &cmd).await }
-        },
-    );
-    let (a, b) = tokio::join!(write_app, write_backup);
-    a.map_err(|e| fail("env", e))?;
-    b.map_err(|e| fail("env", e))?;
-    if let Ok(pool) = op.ctx.db.pool().await {
-        let _ = crate::state::envvars::mark_synced(
-            pool,
-            op.row.project_id,
-            view.environment.as_str(),
-            r.version,
-        )
-        .await;
-    }
-    Ok(())
+    crate::ops::env::write_env_files(
+        op,
+        op.row.project_id,
+        &view.project,
+        view.environment,
+        r,
+        !r.synced,
+    )
+    .await
+    .map_err(|(_, e)| fail("env", e))
 }
 
 /// Values with line breaks reach the container as podman secrets: this
