@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod backup;
 pub mod caddy;
+pub mod critical;
 pub mod domains;
 pub mod drift;
 pub mod env;
