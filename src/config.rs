@@ -100,14 +100,23 @@ pub struct AuthConfig {
     /// refilled evenly); the next one gets HTTP 429 with Retry-After.
     #[serde(default = "default_rate_limit_per_minute")]
     pub rate_limit_per_minute: u32,
+    /// How long a pending approval of a critical operation (and an
+    /// unanswered input-required confirmation) stays usable, in seconds.
+    #[serde(default = "default_approval_ttl_secs")]
+    pub approval_ttl_secs: u64,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             rate_limit_per_minute: default_rate_limit_per_minute(),
+            approval_ttl_secs: default_approval_ttl_secs(),
         }
     }
+}
+
+fn default_approval_ttl_secs() -> u64 {
+    3600
 }
 
 fn default_rate_limit_per_minute() -> u32 {
@@ -590,6 +599,12 @@ impl Config {
             return Err(ConfigError::new(
                 "auth.rate_limit_per_minute",
                 "must be at least 1 (requests per minute per API key)",
+            ));
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.auth.approval_ttl_secs) {
+            return Err(ConfigError::new(
+                "auth.approval_ttl_secs",
+                "must be between 60 (one minute) and 604800 (one week)",
             ));
         }
         if !self.database.url.starts_with("postgres://")

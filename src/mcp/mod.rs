@@ -9,6 +9,7 @@ pub mod audit_query;
 pub mod backup_create;
 pub mod backup_list;
 pub mod compact;
+pub mod critical;
 pub mod deploy;
 pub mod deployment_list;
 pub mod domain_list;
@@ -154,6 +155,7 @@ impl CodebServer {
             + Self::domain_list_router()
             + Self::keys_router()
             + Self::audit_query_router()
+            + Self::critical_router()
     }
 
     /// The router, for sharing between sessions.

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod backup;
 pub mod caddy;
 pub mod critical;
+pub mod domain_delete;
 pub mod domains;
 pub mod drift;
 pub mod env;

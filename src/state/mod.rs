@@ -2,6 +2,7 @@
 //! file per noun. No business rules here.
 
 pub mod api_keys;
+pub mod approvals;
 pub mod audit;
 pub mod backups;
 pub mod deployments;

@@ -257,6 +257,20 @@ impl HttpServer {
             .expect("http initialize")
     }
 
+    /// An rmcp client over streamable HTTP sending `key`, answering the
+    /// server's requests (elicitation) with `handler`.
+    pub async fn client_as<H: rmcp::ClientHandler>(
+        &self,
+        key: &str,
+        handler: H,
+    ) -> RunningService<RoleClient, H> {
+        use rmcp::ServiceExt;
+        handler
+            .serve(http_transport(&self.url, key))
+            .await
+            .expect("http initialize")
+    }
+
     /// A transport for this server with its owner key.
     pub fn transport(
         &self,
@@ -272,8 +286,8 @@ impl Drop for HttpServer {
 }
 
 /// Calls a tool and returns the result (tool errors included).
-pub async fn call(
-    client: &RunningService<RoleClient, ()>,
+pub async fn call<H: rmcp::service::Service<RoleClient>>(
+    client: &RunningService<RoleClient, H>,
     tool: &str,
     args: Value,
 ) -> CallToolResult {

@@ -35,7 +35,7 @@ fn app_address() -> String {
 }
 
 /// `dig @<app host> +short A name`, as the acceptance line says.
-async fn dig_a(name: &str) -> Vec<String> {
+pub(super) async fn dig_a(name: &str) -> Vec<String> {
     let out = tokio::process::Command::new("dig")
         .arg(format!("@{}", app_address()))
         .args(["A", name, "+short", "+norecurse", "+time=2", "+tries=2"])
@@ -67,7 +67,7 @@ async fn deploy_and_promote(client: &Client, p: &str, tag: &str) {
 }
 
 /// Removes a test domain everywhere: its row, A/AAAA and SRV rrsets.
-async fn forget_domain(domain: &str) {
+pub(super) async fn forget_domain(domain: &str) {
     let pool = db().await;
     let _ = sqlx::query("DELETE FROM domains WHERE hostname = $1")
         .bind(domain)
@@ -104,7 +104,7 @@ async fn remove_project(p: &str) {
 }
 
 /// What PowerDNS holds for `domain`: (A contents, SRV route present).
-async fn pdns_state(domain: &str) -> (Option<Vec<String>>, bool) {
+pub(super) async fn pdns_state(domain: &str) -> (Option<Vec<String>>, bool) {
     let ctx = Ctx::new(Config::load(&testbed().config).unwrap());
     let c = pdns_client(&ctx).await.expect("PowerDNS client");
     let a = match c.zones().await.unwrap().contains(&"example.test.".into()) {

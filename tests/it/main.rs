@@ -9,6 +9,7 @@ mod backups;
 mod caddy;
 mod cli;
 mod common;
+mod critical;
 mod db;
 mod domains;
 mod drift;

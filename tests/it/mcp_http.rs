@@ -16,7 +16,7 @@ async fn http_tools_against_testbed() {
 }
 
 /// Reads a JSON-RPC response from a plain JSON body or an SSE stream.
-async fn rpc_body(resp: reqwest::Response) -> Value {
+pub(super) async fn rpc_body(resp: reqwest::Response) -> Value {
     let ct = resp
         .headers()
         .get("content-type")

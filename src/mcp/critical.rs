@@ -1,0 +1,835 @@
+//! Critical tools (DESIGN §6): `domain_delete`, `project_delete`,
+//! `backup_restore`, and the approval tools `approval_list` / `approve`.
+//!
+//! A critical call first plans from the live state (`ops::critical`). With
+//! `dry_run` that plan is the answer. Otherwise it needs a confirmation the
+//! model cannot forge, by the first channel the client offers:
+//! 1. legacy clients that declared elicitation: an `elicitation/create`
+//!    request answered by the human in the client (type the name to confirm);
+//! 2. 2026-07-28 clients that declared elicitation: an input-required result
+//!    carrying the same elicitation; `requestState` is the id of a
+//!    server-side confirmation row (bound to caller, tool and arguments,
+//!    single-use, short-lived), never trusted state;
+//! 3. everyone else: a pending approval that a *different* admin key of the
+//!    same team must `approve` within `auth.approval_ttl_secs`.
+//!
+//! Every path executes with the hash of the plan that was shown; the
+//! operation recomputes the plan under its lock and refuses when the live
+//! state moved since.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::handler::server::tool::{InputResponses, IntoCallToolResult, RequestState};
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{
+    CallToolResponse, ElicitRequest, ElicitRequestParams, ElicitationAction,
+    ElicitationSchema, InputRequest, InputRequiredResult, ProtocolVersion,
+};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_router, RoleServer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::mcp::longop::run_long;
+use crate::mcp::CodebServer;
+use crate::ops::critical::CriticalPlan;
+use crate::ops::lifecycle::{Caller, OpError};
+use crate::ops::Ctx;
+use crate::state::approvals::{self as rows, ApprovalRow, NewApproval};
+
+/// How long a legacy client's human has to answer the elicitation.
+const ELICIT_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long an input-required confirmation stays answerable.
+const CONFIRMATION_TTL: Duration = Duration::from_secs(600);
+/// Key of the confirmation in `inputRequests` / `inputResponses`.
+const CONFIRM_KEY: &str = "confirm";
+
+/// The plan as shown to callers.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PlanView {
+    /// What the operation will do.
+    pub summary: String,
+    /// SHA-256 of the plan; a confirmation binds to it.
+    pub hash: String,
+    /// Everything it will touch, as observed now.
+    pub details: serde_json::Value,
+}
+
+impl From<&CriticalPlan> for PlanView {
+    fn from(p: &CriticalPlan) -> Self {
+        Self {
+            summary: p.summary.clone(),
+            hash: p.hash(),
+            details: p.details.clone(),
+        }
+    }
+}
+
+/// Result of a critical tool or `approve`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CriticalResult {
+    /// One line for the reader.
+    pub summary: String,
+    /// planned, pending_approval, executed, declined, would_execute or stale.
+    pub status: String,
+    /// The plan shown for confirmation.
+    pub plan: Option<PlanView>,
+    /// The approval to ask a second admin for (pending_approval).
+    pub approval_id: Option<String>,
+    /// When that approval expires (RFC 3339).
+    pub expires_at: Option<String>,
+    /// What the operation did (executed).
+    pub outcome: Option<serde_json::Value>,
+}
+
+fn respond(r: CriticalResult) -> Result<CallToolResponse, String> {
+    Json(r)
+        .into_call_tool_result()
+        .map_err(|e| format!("result could not be encoded: {}", e.message))
+}
+
+/// A critical call, validated and planned.
+pub(crate) struct CriticalCall {
+    /// Tool name.
+    pub tool: &'static str,
+    /// Its arguments without `dry_run` (stored with an approval).
+    pub arguments: serde_json::Value,
+    /// What the human types to confirm (the project or domain name).
+    pub confirm_word: String,
+    /// Only plan.
+    pub dry_run: bool,
+}
+
+/// The live plan of a critical call.
+pub(crate) async fn plan_for(
+    ctx: &Ctx,
+    tool: &str,
+    args: &serde_json::Value,
+) -> Result<CriticalPlan, OpError> {
+    let s = |k: &str| args.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    match tool {
+        "domain_delete" => {
+            crate::ops::domain_delete::domain_delete_plan(ctx, s("project"), s("domain")).await
+        }
+        other => Err(OpError::Invalid(format!("{other} is not a critical tool"))),
+    }
+}
+
+/// Runs a confirmed critical call with the hash of the plan that was
+/// confirmed; the outcome as JSON with its summary.
+pub(crate) async fn execute(
+    ctx: Arc<Ctx>,
+    caller: Caller,
+    tool: String,
+    args: serde_json::Value,
+    approved_hash: String,
+    context: &RequestContext<RoleServer>,
+) -> Result<(String, serde_json::Value), OpError> {
+    run_long(context, move |progress, _abort| async move {
+        let s = |k: &str| {
+            args.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let value = match tool.as_str() {
+            "domain_delete" => serde_json::to_value(
+                crate::ops::domain_delete::domain_delete(
+                    &ctx,
+                    &s("project"),
+                    &s("domain"),
+                    &approved_hash,
+                    &caller,
+                    progress,
+                )
+                .await?,
+            ),
+            other => return Err(OpError::Invalid(format!("{other} is not a critical tool"))),
+        }
+        .map_err(|e| OpError::Refused(format!("result could not be encoded: {e}")))?;
+        let summary = value
+            .get("summary")
+            .and_then(|v| v.as_str())
+            .unwrap_or("done")
+            .to_string();
+        Ok((summary, value))
+    })
+    .await
+}
+
+/// How this request can be confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    /// elicitation/create to a legacy client.
+    Elicit,
+    /// input-required result to a 2026-07-28 client.
+    InputRequired,
+    /// A pending approval for a second admin key.
+    Approval,
+}
+
+fn channel(context: &RequestContext<RoleServer>) -> Channel {
+    let modern = context
+        .protocol_version()
+        .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28);
+    let form = context
+        .client_capabilities()
+        .and_then(|c| c.elicitation)
+        .is_some_and(|e| e.form.is_some() || e.url.is_none());
+    match (form, modern) {
+        (false, _) => Channel::Approval,
+        (true, true) => Channel::InputRequired,
+        (true, false) => Channel::Elicit,
+    }
+}
+
+/// The form the human answers: type the name to confirm.
+fn confirmation_request(plan: &CriticalPlan, word: &str) -> ElicitRequestParams {
+    let schema = ElicitationSchema::from_json_schema(
+        serde_json::json!({
+            "type": "object",
+            "properties": {
+                CONFIRM_KEY: {
+                    "type": "string",
+                    "title": format!("Type {word} to confirm"),
+                    "description": "Anything else cancels; nothing is changed."
+                }
+            },
+            "required": [CONFIRM_KEY]
+        })
+        .as_object()
+        .cloned()
+        .unwrap_or_default(),
+    )
+    .unwrap_or_else(|_| ElicitationSchema::builder().build().expect("empty schema"));
+    ElicitRequestParams::FormElicitationParams {
+        meta: None,
+        message: format!(
+            "codeb asks you (not the assistant) to confirm a critical operation: {}. Plan {}. This cannot be undone by codeb.",
+            plan.summary,
+            &plan.hash()[..12]
+        ),
+        requested_schema: schema,
+    }
+}
+
+/// The human's answer: Ok(true) accepted with the right word, Ok(false)
+/// declined or cancelled, Err(text) accepted with something else.
+fn judge(
+    action: &ElicitationAction,
+    content: Option<&serde_json::Value>,
+    word: &str,
+) -> Result<bool, String> {
+    match action {
+        ElicitationAction::Accept => {
+            let typed = content
+                .and_then(|c| c.get(CONFIRM_KEY))
+                .and_then(|v| v.as_str())
+                .map(str::trim);
+            if typed == Some(word) {
+                Ok(true)
+            } else {
+                Err(format!(
+                    "the confirmation typed was not {word:?}; nothing was changed. Call again to be asked again"
+                ))
+            }
+        }
+        _ => Ok(false),
+    }
+}
+
+fn declined(plan: &CriticalPlan) -> CriticalResult {
+    CriticalResult {
+        summary: format!(
+            "{} of {} declined by the user; nothing was changed",
+            plan.tool, plan.project
+        ),
+        status: "declined".into(),
+        plan: Some(PlanView::from(plan)),
+        approval_id: None,
+        expires_at: None,
+        outcome: None,
+    }
+}
+
+fn executed(plan: Option<&CriticalPlan>, summary: String, outcome: serde_json::Value) -> CriticalResult {
+    CriticalResult {
+        summary,
+        status: "executed".into(),
+        plan: plan.map(PlanView::from),
+        approval_id: None,
+        expires_at: None,
+        outcome: Some(outcome),
+    }
+}
+
+fn same_requester(row: &ApprovalRow, caller: &Caller) -> bool {
+    match (row.requested_by, caller.key_id) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => row.requested_principal == caller.principal,
+        _ => false,
+    }
+}
+
+impl CodebServer {
+    /// Plans a critical call and confirms it by the client's channel.
+    pub(crate) async fn run_critical(
+        &self,
+        context: RequestContext<RoleServer>,
+        state: Option<String>,
+        responses: Option<rmcp::model::InputResponses>,
+        call: CriticalCall,
+    ) -> Result<CallToolResponse, String> {
+        let ctx = self.ctx_arc();
+        let caller = self.caller();
+        if let Some(state) = state {
+            return self
+                .resume_confirmation(&context, &caller, &call, &state, responses)
+                .await;
+        }
+        let plan = plan_for(&ctx, call.tool, &call.arguments)
+            .await
+            .map_err(|e| e.to_string())?;
+        if call.dry_run {
+            return respond(CriticalResult {
+                summary: format!(
+                    "dry run: {}; nothing changed. Without dry_run this needs a confirmation by a human or a second admin",
+                    plan.summary
+                ),
+                status: "planned".into(),
+                plan: Some(PlanView::from(&plan)),
+                approval_id: None,
+                expires_at: None,
+                outcome: None,
+            });
+        }
+        let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
+        match channel(&context) {
+            Channel::Elicit => {
+                let answer = context
+                    .peer
+                    .create_elicitation_with_timeout(
+                        confirmation_request(&plan, &call.confirm_word),
+                        Some(ELICIT_TIMEOUT),
+                    )
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "asking the user to confirm failed ({e}); nothing was changed. Call again, or call without elicitation support to get an approval for a second admin"
+                        )
+                    })?;
+                if !judge(&answer.action, answer.content.as_ref(), &call.confirm_word)? {
+                    return respond(declined(&plan));
+                }
+                let (summary, outcome) = execute(
+                    ctx.clone(),
+                    caller,
+                    call.tool.to_string(),
+                    call.arguments.clone(),
+                    plan.hash(),
+                    &context,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                respond(executed(Some(&plan), summary, outcome))
+            }
+            Channel::InputRequired => {
+                let row = rows::approval_insert(
+                    pool,
+                    &NewApproval {
+                        id: Uuid::new_v4(),
+                        kind: rows::KIND_CONFIRMATION,
+                        team: &caller.team,
+                        tool: call.tool,
+                        project: &plan.project,
+                        arguments: &call.arguments,
+                        plan_hash: &plan.hash(),
+                        summary: &plan.summary,
+                        plan: &plan.details,
+                        requested_by: caller.key_id,
+                        requested_principal: &caller.principal,
+                        ttl: CONFIRMATION_TTL,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                let mut requests = rmcp::model::InputRequests::new();
+                requests.insert(
+                    CONFIRM_KEY.to_string(),
+                    InputRequest::Elicitation(ElicitRequest::new(confirmation_request(
+                        &plan,
+                        &call.confirm_word,
+                    ))),
+                );
+                Ok(CallToolResponse::InputRequired(InputRequiredResult::new(
+                    Some(requests),
+                    Some(row.id.to_string()),
+                )))
+            }
+            Channel::Approval => {
+                let ttl = Duration::from_secs(ctx.config.auth.approval_ttl_secs);
+                let row = rows::approval_insert(
+                    pool,
+                    &NewApproval {
+                        id: Uuid::new_v4(),
+                        kind: rows::KIND_APPROVAL,
+                        team: &caller.team,
+                        tool: call.tool,
+                        project: &plan.project,
+                        arguments: &call.arguments,
+                        plan_hash: &plan.hash(),
+                        summary: &plan.summary,
+                        plan: &plan.details,
+                        requested_by: caller.key_id,
+                        requested_principal: &caller.principal,
+                        ttl,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                tracing::info!(approval = %row.id, tool = call.tool, project = %plan.project, by = %caller.principal, "approval requested");
+                respond(CriticalResult {
+                    summary: format!(
+                        "not done yet: {} needs approval by a different admin key of team {} — they call approve with approval_id {} before {}. Nothing was changed",
+                        call.tool,
+                        caller.team,
+                        row.id,
+                        row.expires_at.to_rfc3339()
+                    ),
+                    status: "pending_approval".into(),
+                    plan: Some(PlanView::from(&plan)),
+                    approval_id: Some(row.id.to_string()),
+                    expires_at: Some(row.expires_at.to_rfc3339()),
+                    outcome: None,
+                })
+            }
+        }
+    }
+
+    /// The second round of an input-required confirmation.
+    async fn resume_confirmation(
+        &self,
+        context: &RequestContext<RoleServer>,
+        caller: &Caller,
+        call: &CriticalCall,
+        state: &str,
+        responses: Option<rmcp::model::InputResponses>,
+    ) -> Result<CallToolResponse, String> {
+        let ctx = self.ctx_arc();
+        let unknown = || {
+            format!(
+                "this confirmation is unknown, expired or already used; nothing was changed. Call {} again without requestState",
+                call.tool
+            )
+        };
+        let id = Uuid::parse_str(state).map_err(|_| unknown())?;
+        let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
+        let row = rows::approval_get(pool, id, &caller.team)
+            .await
+            .map_err(|e| e.to_string())?
+            .filter(|r| {
+                r.kind == rows::KIND_CONFIRMATION
+                    && r.tool == call.tool
+                    && r.arguments == call.arguments
+                    && same_requester(r, caller)
+            })
+            .ok_or_else(unknown)?;
+        let answer = responses
+            .as_ref()
+            .and_then(|r| r.get(CONFIRM_KEY))
+            .cloned()
+            .and_then(|v| serde_json::from_value::<rmcp::model::ElicitResult>(v).ok())
+            .ok_or_else(|| {
+                "the retry carries no answer to the confirmation request; nothing was changed"
+                    .to_string()
+            })?;
+        let plan = CriticalPlan {
+            tool: call.tool,
+            project: row.project.clone(),
+            summary: row.summary.clone(),
+            details: row.plan.clone(),
+        };
+        let by = format!(
+            "{} (user of {})",
+            caller.principal,
+            context
+                .client_info()
+                .map(|i| i.name)
+                .unwrap_or_else(|| "the client".into())
+        );
+        match judge(&answer.action, answer.content.as_ref(), &call.confirm_word) {
+            Ok(true) => {}
+            Ok(false) => {
+                rows::approval_decline(pool, id, &by)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return respond(declined(&plan));
+            }
+            Err(e) => {
+                let _ = rows::approval_decline(pool, id, &by).await;
+                return Err(e);
+            }
+        }
+        let row = rows::approval_claim(pool, id, rows::KIND_CONFIRMATION, None, &by)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(unknown)?;
+        self.execute_claimed(context, caller.clone(), row, Some(&plan))
+            .await
+    }
+
+    /// Executes a claimed approval or confirmation and records its end.
+    async fn execute_claimed(
+        &self,
+        context: &RequestContext<RoleServer>,
+        caller: Caller,
+        row: ApprovalRow,
+        plan: Option<&CriticalPlan>,
+    ) -> Result<CallToolResponse, String> {
+        let ctx = self.ctx_arc();
+        let r = execute(
+            ctx.clone(),
+            caller,
+            row.tool.clone(),
+            row.arguments.clone(),
+            row.plan_hash.clone(),
+            context,
+        )
+        .await;
+        let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
+        match r {
+            Ok((summary, outcome)) => {
+                let _ = rows::approval_finish(pool, row.id, "executed", None, Some(&outcome)).await;
+                let mut result = executed(plan, summary, outcome);
+                result.approval_id = Some(row.id.to_string());
+                respond(result)
+            }
+            Err(e) => {
+                let status = if matches!(e, OpError::Refused(_)) {
+                    "refused"
+                } else {
+                    "failed"
+                };
+                let text = crate::ops::redact::redact(&e.to_string());
+                let _ = rows::approval_finish(pool, row.id, status, Some(&text), None).await;
+                Err(text)
+            }
+        }
+    }
+}
+
+/// Input of domain_delete.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DomainDeleteParams {
+    /// Project name.
+    pub project: String,
+    /// The domain to take off the air.
+    pub domain: String,
+    /// Only plan; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Input of approval_list.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalListParams {
+    /// Also decided ones (executed, refused, expired...), not only pending.
+    #[serde(default)]
+    pub all: bool,
+    /// Per page, 1-100 (default 20).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// One approval request.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ApprovalInfo {
+    /// Approval id (approve takes it).
+    pub id: String,
+    /// The critical tool.
+    pub tool: String,
+    /// Project.
+    pub project: String,
+    /// Its arguments.
+    pub arguments: serde_json::Value,
+    /// pending, executed, failed, refused, expired.
+    pub status: String,
+    /// The plan it approves.
+    pub plan: PlanView,
+    /// Who asked.
+    pub requested_by: String,
+    /// Who approved.
+    pub approved_by: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    /// Why it failed or was refused.
+    pub error: Option<String>,
+}
+
+/// Result of approval_list.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ApprovalListResult {
+    /// One line for the reader.
+    pub summary: String,
+    /// Newest first.
+    pub approvals: Vec<ApprovalInfo>,
+    /// Cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
+/// Input of approve.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveParams {
+    /// The approval id (approval_list).
+    pub approval_id: String,
+    /// Only check whether it could run now; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[tool_router(router = critical_router, vis = "pub(crate)")]
+impl CodebServer {
+    /// Critical: delete a domain's route, A/AAAA records and record. Needs the user's confirmation (elicitation) or approve by a second admin; dry_run shows the plan.
+    #[tool(
+        name = "domain_delete",
+        title = "Delete a domain",
+        output_schema = rmcp::handler::server::common::schema_for_output::<CriticalResult>(),
+        annotations(
+            title = "Delete a domain",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    pub async fn domain_delete(
+        &self,
+        Parameters(p): Parameters<DomainDeleteParams>,
+        RequestState(state): RequestState,
+        InputResponses(responses): InputResponses,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, String> {
+        let domain = crate::model::normalize_domain(&p.domain, false).map_err(|e| e.0)?;
+        crate::model::validate_project_name(&p.project).map_err(|e| e.0)?;
+        self.run_critical(
+            context,
+            state,
+            responses,
+            CriticalCall {
+                tool: "domain_delete",
+                arguments: serde_json::json!({"project": p.project, "domain": domain}),
+                confirm_word: domain.clone(),
+                dry_run: p.dry_run,
+            },
+        )
+        .await
+    }
+
+    /// Pending approvals of critical operations of your team, with their plans (all=true: decided ones too).
+    #[tool(
+        name = "approval_list",
+        title = "List approvals",
+        annotations(
+            title = "List approvals",
+            read_only_hint = true,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
+    )]
+    pub async fn approval_list(
+        &self,
+        Parameters(p): Parameters<ApprovalListParams>,
+    ) -> Result<Json<ApprovalListResult>, String> {
+        let caller = self.caller();
+        let limit = p.limit.unwrap_or(20);
+        if !(1..=100).contains(&limit) {
+            return Err(format!("limit must be 1-100, not {limit}"));
+        }
+        let after = match p.cursor.as_deref() {
+            None => None,
+            Some(c) => Some(Uuid::parse_str(c).map_err(|_| {
+                "cursor is not one this server issued; omit it to start again".to_string()
+            })?),
+        };
+        let pool = self.ctx().db.pool().await.map_err(|e| e.to_string())?;
+        rows::approvals_expire(pool, &caller.team)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut page = rows::approvals_page(pool, &caller.team, p.all, after, i64::from(limit) + 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let more = page.len() > limit as usize;
+        page.truncate(limit as usize);
+        let next_cursor = more.then(|| page.last().map(|r| r.id.to_string())).flatten();
+        let approvals: Vec<ApprovalInfo> = page
+            .into_iter()
+            .map(|r| {
+                let plan = CriticalPlan {
+                    tool: "",
+                    project: r.project.clone(),
+                    summary: r.summary.clone(),
+                    details: r.plan.clone(),
+                };
+                ApprovalInfo {
+                    id: r.id.to_string(),
+                    plan: PlanView {
+                        summary: plan.summary,
+                        hash: r.plan_hash.clone(),
+                        details: plan.details,
+                    },
+                    tool: r.tool,
+                    project: r.project,
+                    arguments: r.arguments,
+                    status: r.status,
+                    requested_by: r.requested_principal,
+                    approved_by: r.approved_principal,
+                    created_at: r.created_at.to_rfc3339(),
+                    expires_at: r.expires_at.to_rfc3339(),
+                    error: r.error,
+                }
+            })
+            .collect();
+        let pending = approvals.iter().filter(|a| a.status == "pending").count();
+        Ok(Json(ApprovalListResult {
+            summary: format!(
+                "{} approval(s) of team {} ({pending} pending){}",
+                approvals.len(),
+                caller.team,
+                if pending > 0 {
+                    "; a different admin key than the requester's runs one with approve"
+                } else {
+                    ""
+                }
+            ),
+            approvals,
+            next_cursor,
+        }))
+    }
+
+    /// Approve a pending critical operation of your team and run it now (a different admin key than the requester's; once; before it expires; only if the live state still matches its plan).
+    #[tool(
+        name = "approve",
+        title = "Approve a critical operation",
+        output_schema = rmcp::handler::server::common::schema_for_output::<CriticalResult>(),
+        annotations(
+            title = "Approve a critical operation",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    pub async fn approve(
+        &self,
+        Parameters(p): Parameters<ApproveParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, String> {
+        let caller = self.caller();
+        let id = Uuid::parse_str(p.approval_id.trim()).map_err(|_| {
+            "approval_id is not a UUID; approval_list shows your team's pending approvals"
+                .to_string()
+        })?;
+        let not_found = || {
+            format!("approval {id} not found; approval_list shows your team's pending approvals")
+        };
+        let ctx = self.ctx_arc();
+        let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
+        rows::approvals_expire(pool, &caller.team)
+            .await
+            .map_err(|e| e.to_string())?;
+        let row = rows::approval_get(pool, id, &caller.team)
+            .await
+            .map_err(|e| e.to_string())?
+            .filter(|r| r.kind == rows::KIND_APPROVAL)
+            .ok_or_else(not_found)?;
+        if row.status != "pending" {
+            return Err(match row.status.as_str() {
+                "expired" => format!(
+                    "approval {id} expired at {}; nothing was changed. Ask for a new one (call {} again)",
+                    row.expires_at.to_rfc3339(),
+                    row.tool
+                ),
+                status => format!(
+                    "approval {id} was already used ({status}{}); an approval runs at most once. Call {} again for a new one",
+                    row.approved_principal
+                        .as_deref()
+                        .map(|p| format!(" by {p}"))
+                        .unwrap_or_default(),
+                    row.tool
+                ),
+            });
+        }
+        if same_requester(&row, &caller) {
+            return Err(format!(
+                "approval {id} was requested with this same key ({}); a different admin key of team {} must approve it",
+                row.requested_principal, caller.team
+            ));
+        }
+        let plan = CriticalPlan {
+            tool: match row.tool.as_str() {
+                "project_delete" => "project_delete",
+                "backup_restore" => "backup_restore",
+                _ => "domain_delete",
+            },
+            project: row.project.clone(),
+            summary: row.summary.clone(),
+            details: row.plan.clone(),
+        };
+        if p.dry_run {
+            let live = plan_for(&ctx, &row.tool, &row.arguments).await;
+            let matches = live.as_ref().is_ok_and(|l| l.hash() == row.plan_hash);
+            return respond(CriticalResult {
+                summary: if matches {
+                    format!(
+                        "dry run: approving {id} would now run {} on {}: {}",
+                        row.tool, row.project, row.summary
+                    )
+                } else {
+                    format!(
+                        "dry run: approving {id} would be refused: the live state no longer matches its plan ({})",
+                        match &live {
+                            Ok(_) => "it changed".to_string(),
+                            Err(e) => e.to_string(),
+                        }
+                    )
+                },
+                status: if matches { "would_execute" } else { "stale" }.into(),
+                plan: Some(PlanView {
+                    summary: row.summary.clone(),
+                    hash: row.plan_hash.clone(),
+                    details: row.plan.clone(),
+                }),
+                approval_id: Some(id.to_string()),
+                expires_at: Some(row.expires_at.to_rfc3339()),
+                outcome: None,
+            });
+        }
+        let row = rows::approval_claim(pool, id, rows::KIND_APPROVAL, caller.key_id, &caller.principal)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!("approval {id} was used or expired just now; an approval runs at most once")
+            })?;
+        tracing::info!(approval = %id, tool = %row.tool, project = %row.project, by = %caller.principal, "approval granted");
+        // The operation records both: who asked and who approved.
+        let actor = Caller {
+            principal: format!(
+                "{} (approved by {})",
+                row.requested_principal, caller.principal
+            ),
+            ..caller
+        };
+        self.execute_claimed(&context, actor, row, Some(&plan)).await
+    }
+}

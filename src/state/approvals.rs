@@ -1,0 +1,232 @@
+//! Approvals of critical operations (DESIGN §6): a row per confirmation
+//! codeb waits for. Every transition out of `pending` is one conditional
+//! UPDATE, so a row is used at most once even when two approvers race.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::state::DbError;
+
+/// Waits for a second admin key (`approve`).
+pub const KIND_APPROVAL: &str = "approval";
+/// Waits for the requesting client's human (input-required elicitation).
+pub const KIND_CONFIRMATION: &str = "confirmation";
+
+/// An approval record.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApprovalRow {
+    /// Approval id (also the `requestState` of a confirmation).
+    pub id: Uuid,
+    /// `approval` or `confirmation`.
+    pub kind: String,
+    /// Team of the requester; only this team sees it.
+    pub team_id: String,
+    /// The critical tool.
+    pub tool: String,
+    /// Its project.
+    pub project: String,
+    /// The tool's arguments (validated when requested; no secrets).
+    pub arguments: serde_json::Value,
+    /// Hash of the plan it confirms.
+    pub plan_hash: String,
+    /// The plan's one-line summary.
+    pub summary: String,
+    /// The plan's details.
+    pub plan: serde_json::Value,
+    /// Requesting key (None: the local operator).
+    pub requested_by: Option<Uuid>,
+    /// Requesting principal.
+    pub requested_principal: String,
+    /// Approving key.
+    pub approved_by: Option<Uuid>,
+    /// Approving principal.
+    pub approved_principal: Option<String>,
+    /// pending, approved, executed, failed, refused, expired, declined.
+    pub status: String,
+    /// When requested.
+    pub created_at: DateTime<Utc>,
+    /// When it stops being usable.
+    pub expires_at: DateTime<Utc>,
+    /// When approved, declined or refused.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// When the operation finished.
+    pub executed_at: Option<DateTime<Utc>>,
+    /// Why it failed or was refused.
+    pub error: Option<String>,
+    /// The operation's result.
+    pub result: Option<serde_json::Value>,
+}
+
+/// A new approval request.
+pub struct NewApproval<'a> {
+    /// Id.
+    pub id: Uuid,
+    /// KIND_APPROVAL or KIND_CONFIRMATION.
+    pub kind: &'a str,
+    /// Requester's team.
+    pub team: &'a str,
+    /// Tool.
+    pub tool: &'a str,
+    /// Project.
+    pub project: &'a str,
+    /// Arguments.
+    pub arguments: &'a serde_json::Value,
+    /// Plan hash.
+    pub plan_hash: &'a str,
+    /// Plan summary.
+    pub summary: &'a str,
+    /// Plan details.
+    pub plan: &'a serde_json::Value,
+    /// Requesting key.
+    pub requested_by: Option<Uuid>,
+    /// Requesting principal.
+    pub requested_principal: &'a str,
+    /// Lifetime.
+    pub ttl: std::time::Duration,
+}
+
+const SELECT: &str = "SELECT id, kind, team_id, tool, project, arguments, plan_hash, summary, plan,
+        requested_by, requested_principal, approved_by, approved_principal, status,
+        created_at, expires_at, decided_at, executed_at, error, result FROM approvals";
+
+/// Records a pending request; returns it as stored.
+pub async fn approval_insert(pool: &PgPool, a: &NewApproval<'_>) -> Result<ApprovalRow, DbError> {
+    let ttl_ms = i64::try_from(a.ttl.as_millis()).unwrap_or(i64::MAX);
+    Ok(sqlx::query_as(&format!(
+        "WITH ins AS (
+           INSERT INTO approvals (id, kind, team_id, tool, project, arguments, plan_hash, summary,
+                                  plan, requested_by, requested_principal, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                   now() + make_interval(secs => $12::double precision / 1000))
+           RETURNING *)
+         {}",
+        SELECT.replace("FROM approvals", "FROM ins")
+    ))
+    .bind(a.id)
+    .bind(a.kind)
+    .bind(a.team)
+    .bind(a.tool)
+    .bind(a.project)
+    .bind(a.arguments)
+    .bind(a.plan_hash)
+    .bind(a.summary)
+    .bind(a.plan)
+    .bind(a.requested_by)
+    .bind(a.requested_principal)
+    .bind(ttl_ms as f64)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// One approval by id, of `team` only (another team's is "not found").
+pub async fn approval_get(
+    pool: &PgPool,
+    id: Uuid,
+    team: &str,
+) -> Result<Option<ApprovalRow>, DbError> {
+    Ok(
+        sqlx::query_as(&format!("{SELECT} WHERE id = $1 AND team_id = $2"))
+            .bind(id)
+            .bind(team)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// Takes a pending, unexpired request out of `pending` into `approved`,
+/// recording who decided. Returns None when it was not pending any more
+/// (used, expired, or taken by a concurrent call): single use.
+pub async fn approval_claim(
+    pool: &PgPool,
+    id: Uuid,
+    kind: &str,
+    approved_by: Option<Uuid>,
+    approved_principal: &str,
+) -> Result<Option<ApprovalRow>, DbError> {
+    Ok(sqlx::query_as(&format!(
+        "WITH upd AS (
+           UPDATE approvals SET status = 'approved', approved_by = $3,
+                  approved_principal = $4, decided_at = now()
+            WHERE id = $1 AND kind = $2 AND status = 'pending' AND expires_at > now()
+           RETURNING *)
+         {}",
+        SELECT.replace("FROM approvals", "FROM upd")
+    ))
+    .bind(id)
+    .bind(kind)
+    .bind(approved_by)
+    .bind(approved_principal)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Ends a pending request without running it (declined by the human).
+pub async fn approval_decline(pool: &PgPool, id: Uuid, by: &str) -> Result<bool, DbError> {
+    let r = sqlx::query(
+        "UPDATE approvals SET status = 'declined', approved_principal = $2, decided_at = now()
+          WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(by)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Records how an approved request ended: executed, failed or refused.
+pub async fn approval_finish(
+    pool: &PgPool,
+    id: Uuid,
+    status: &str,
+    error: Option<&str>,
+    result: Option<&serde_json::Value>,
+) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE approvals SET status = $2, error = $3, result = $4, executed_at = now()
+          WHERE id = $1 AND status = 'approved'",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(error)
+    .bind(result)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks the team's pending requests whose time ran out as expired.
+pub async fn approvals_expire(pool: &PgPool, team: &str) -> Result<u64, DbError> {
+    let r = sqlx::query(
+        "UPDATE approvals SET status = 'expired', decided_at = now()
+          WHERE team_id = $1 AND status = 'pending' AND expires_at <= now()",
+    )
+    .bind(team)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// One page of the team's approvals of kind `approval`, newest first,
+/// after approval `after`; only pending ones unless `all`.
+pub async fn approvals_page(
+    pool: &PgPool,
+    team: &str,
+    all: bool,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<ApprovalRow>, DbError> {
+    Ok(sqlx::query_as(&format!(
+        "{SELECT}
+          WHERE team_id = $1 AND kind = 'approval' AND ($2 OR status = 'pending')
+            AND ($3::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM approvals WHERE id = $3))
+          ORDER BY created_at DESC, id DESC
+          LIMIT $4"
+    ))
+    .bind(team)
+    .bind(all)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

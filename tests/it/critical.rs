@@ -1,0 +1,398 @@
+//! Critical operations (issue [5] part 4, DESIGN §6) end to end over HTTP
+//! with real keys: a confirmation the model cannot forge — the human through
+//! elicitation (legacy) or input-required (2026-07-28), otherwise a second
+//! admin key approving a pending approval bound to the plan hash, once,
+//! before it expires, and only while the live state still matches.
+
+use std::sync::{Arc, Mutex};
+
+use rmcp::model::{
+    ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
+    Implementation,
+};
+use rmcp::service::{RequestContext, RunningService};
+use rmcp::{ErrorData, RoleClient};
+use serde_json::{json, Value};
+
+use super::common::{
+    call, db, delete_project, error_text, insert_project, mint_key, structured, unique_project,
+    HttpServer, FAULT_LOCK,
+};
+use super::domains::{dig_a, forget_domain, pdns_state};
+use super::mcp_http::rpc_body;
+
+/// A client whose human answers every elicitation: types `typed`, or
+/// declines when None. Remembers the messages it was shown.
+#[derive(Clone)]
+pub(super) struct Human {
+    pub typed: Option<String>,
+    pub shown: Arc<Mutex<Vec<String>>>,
+}
+
+impl Human {
+    pub fn typing(word: Option<&str>) -> Self {
+        Self {
+            typed: word.map(str::to_string),
+            shown: Arc::default(),
+        }
+    }
+}
+
+impl rmcp::ClientHandler for Human {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::builder().enable_elicitation().build(),
+            Implementation::new("human-test", "1"),
+        )
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        if let ElicitRequestParams::FormElicitationParams { message, .. } = &request {
+            self.shown.lock().unwrap().push(message.clone());
+        }
+        Ok(match &self.typed {
+            Some(w) => ElicitResult::new(ElicitationAction::Accept).with_content(json!({"confirm": w})),
+            None => ElicitResult::new(ElicitationAction::Decline),
+        })
+    }
+}
+
+type Client = RunningService<RoleClient, ()>;
+
+fn app_address() -> String {
+    super::common::testbed().status["hosts"]["app"]["address"]
+        .as_str()
+        .expect("app address")
+        .to_string()
+}
+
+/// A project (team `default`) with a domain set up for staging.
+async fn project_with_domain(admin: &Client, prefix: &str) -> (String, String) {
+    let p = unique_project(prefix);
+    insert_project(&db().await, &p).await;
+    let d = format!("{p}.example.test");
+    let r = call(
+        admin,
+        "domain_setup",
+        json!({"project": p, "environment": "staging", "domain": d}),
+    )
+    .await;
+    structured(&r);
+    assert_eq!(dig_a(&d).await, vec![app_address()], "domain is up");
+    (p, d)
+}
+
+async fn cleanup(p: &str, d: &str) {
+    forget_domain(d).await;
+    delete_project(&db().await, p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn domain_delete_waits_for_a_second_admin_key() {
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let admin1 = server.client_with_key(&mint_key("default", "admin")).await;
+    let admin2 = server.client_with_key(&mint_key("default", "admin")).await;
+    let member = server.client_with_key(&mint_key("default", "member")).await;
+    let stranger = server
+        .client_with_key(&mint_key("other-team", "admin"))
+        .await;
+    let (p, d) = project_with_domain(&admin1, "crit").await;
+    let args = json!({"project": p, "domain": d});
+
+    // A dry run shows the plan and its hash; nothing changes.
+    let dry = call(&admin1, "domain_delete", json!({"project": p, "domain": d, "dry_run": true})).await;
+    let dry = structured(&dry).clone();
+    assert_eq!(dry["status"], "planned", "{dry}");
+    let hash = dry["plan"]["hash"].as_str().unwrap().to_string();
+    assert_eq!(hash.len(), 64);
+    assert_eq!(dry["plan"]["details"]["a"], json!([app_address()]), "{dry}");
+    // A member may not even ask.
+    let r = call(&member, "domain_delete", args.clone()).await;
+    assert!(error_text(&r).contains("needs the admin role"));
+
+    // Without elicitation: a pending approval, nothing changed yet.
+    let r = call(&admin1, "domain_delete", args.clone()).await;
+    let pending = structured(&r).clone();
+    assert_eq!(pending["status"], "pending_approval", "{pending}");
+    assert_eq!(pending["plan"]["hash"], json!(hash), "bound to the plan shown");
+    let id = pending["approval_id"].as_str().unwrap().to_string();
+    assert!(pending["summary"].as_str().unwrap().contains(&id));
+    assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed");
+
+    // The second admin sees it with its plan.
+    let listed = call(&admin2, "approval_list", json!({})).await;
+    let listed = structured(&listed).clone();
+    let entry = listed["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == json!(id))
+        .unwrap_or_else(|| panic!("{id} listed: {listed}"))
+        .clone();
+    assert_eq!(entry["tool"], "domain_delete");
+    assert_eq!(entry["plan"]["hash"], json!(hash));
+    assert_eq!(entry["status"], "pending");
+    // Another team sees neither the approval nor can approve it.
+    let theirs = call(&stranger, "approval_list", json!({})).await;
+    assert!(!structured(&theirs).to_string().contains(&id));
+    let r = call(&stranger, "approve", json!({"approval_id": id})).await;
+    assert!(error_text(&r).contains("not found"), "{}", error_text(&r));
+    // A member cannot approve; the requesting key cannot approve itself.
+    let r = call(&member, "approve", json!({"approval_id": id})).await;
+    assert!(error_text(&r).contains("needs the admin role"));
+    let r = call(&admin1, "approve", json!({"approval_id": id})).await;
+    assert!(
+        error_text(&r).contains("a different admin key"),
+        "{}",
+        error_text(&r)
+    );
+    assert_eq!(dig_a(&d).await, vec![app_address()], "still nothing changed");
+
+    // A dry run of approve says it would run.
+    let r = call(&admin2, "approve", json!({"approval_id": id, "dry_run": true})).await;
+    assert_eq!(structured(&r)["status"], "would_execute");
+    // The second admin approves: it runs.
+    let r = call(&admin2, "approve", json!({"approval_id": id})).await;
+    let done = structured(&r).clone();
+    assert_eq!(done["status"], "executed", "{done}");
+    assert_eq!(done["outcome"]["domain"], json!(d));
+    assert!(dig_a(&d).await.is_empty(), "A record gone");
+    assert_eq!(pdns_state(&d).await, (None, false), "A and SRV gone");
+    let listed = call(&admin2, "domain_list", json!({"project": p})).await;
+    assert!(!structured(&listed).to_string().contains(&d));
+    // Single use.
+    let r = call(&admin2, "approve", json!({"approval_id": id})).await;
+    assert!(error_text(&r).contains("already used"), "{}", error_text(&r));
+    let all = call(&admin2, "approval_list", json!({"all": true})).await;
+    let all = structured(&all).clone();
+    let entry = all["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == json!(id))
+        .unwrap()
+        .clone();
+    assert_eq!(entry["status"], "executed");
+    assert!(entry["approved_by"].as_str().is_some());
+    cleanup(&p, &d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn approvals_of_a_changed_state_or_past_expiry_are_refused() {
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let admin1 = server.client_with_key(&mint_key("default", "admin")).await;
+    let admin2 = server.client_with_key(&mint_key("default", "admin")).await;
+    let (p, d) = project_with_domain(&admin1, "crits").await;
+    let args = json!({"project": p, "domain": d});
+
+    // The live state changes after the request: the approval no longer applies.
+    let r = call(&admin1, "domain_delete", args.clone()).await;
+    let id = structured(&r)["approval_id"].as_str().unwrap().to_string();
+    let ctx = codeb::ops::Ctx::new(
+        codeb::config::Config::load(&super::common::testbed().config).unwrap(),
+    );
+    let pdns = codeb::ops::pdns::pdns_client(&ctx).await.unwrap();
+    pdns.patch_rrsets(
+        "example.test",
+        &json!({"rrsets": [{"name": format!("{d}."), "type": "A", "ttl": 60, "changetype": "REPLACE",
+            "records": [{"content": "10.77.0.99", "disabled": false}]}]}),
+    )
+    .await
+    .unwrap();
+    let r = call(&admin2, "approve", json!({"approval_id": id, "dry_run": true})).await;
+    assert_eq!(structured(&r)["status"], "stale");
+    let r = call(&admin2, "approve", json!({"approval_id": id})).await;
+    let text = error_text(&r);
+    assert!(text.contains("live state changed"), "{text}");
+    assert_eq!(dig_a(&d).await, vec!["10.77.0.99"], "nothing was deleted");
+    assert_eq!(pdns_state(&d).await.1, false, "no route (staging has no active slot)");
+    let r = call(&admin2, "approve", json!({"approval_id": id})).await;
+    assert!(error_text(&r).contains("already used (refused"), "{}", error_text(&r));
+
+    // Expired: the request's time ran out (set in the database, as time
+    // passing would).
+    let r = call(&admin1, "domain_delete", args.clone()).await;
+    let id = structured(&r)["approval_id"].as_str().unwrap().to_string();
+    sqlx::query("UPDATE approvals SET expires_at = now() - interval '1 second' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&db().await)
+        .await
+        .unwrap();
+    let r = call(&admin2, "approve", json!({"approval_id": id})).await;
+    assert!(error_text(&r).contains("expired"), "{}", error_text(&r));
+    assert_eq!(dig_a(&d).await, vec!["10.77.0.99"], "nothing was deleted");
+    // Not a UUID, unknown id: clear errors without echoing the input.
+    let r = call(&admin2, "approve", json!({"approval_id": "$(id)"})).await;
+    let text = error_text(&r);
+    assert!(text.contains("not a UUID") && !text.contains("$(id)"), "{text}");
+    let r = call(
+        &admin2,
+        "approve",
+        json!({"approval_id": uuid::Uuid::new_v4().to_string()}),
+    )
+    .await;
+    assert!(error_text(&r).contains("not found"));
+    cleanup(&p, &d).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn elicitation_capable_clients_ask_the_human() {
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let admin = server.client_with_key(&mint_key("default", "admin")).await;
+    let key = mint_key("default", "admin");
+    let (p, d) = project_with_domain(&admin, "criti").await;
+    let args = json!({"project": p, "domain": d});
+
+    // Declined: nothing changes.
+    let human = Human::typing(None);
+    let client = server.client_as(&key, human.clone()).await;
+    let r = call(&client, "domain_delete", args.clone()).await;
+    assert_eq!(structured(&r)["status"], "declined");
+    let shown = human.shown.lock().unwrap().clone();
+    assert_eq!(shown.len(), 1);
+    assert!(shown[0].contains(&d) && shown[0].contains("not the assistant"), "{shown:?}");
+    assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed");
+    client.cancel().await.unwrap();
+    // Accepted with the wrong name: refused, nothing changes.
+    let client = server
+        .client_as(&key, Human::typing(Some("something-else")))
+        .await;
+    let r = call(&client, "domain_delete", args.clone()).await;
+    assert!(error_text(&r).contains("was not"), "{}", error_text(&r));
+    assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed");
+    client.cancel().await.unwrap();
+    // Accepted with the name: done at once, no approval needed.
+    let client = server.client_as(&key, Human::typing(Some(&d))).await;
+    let r = call(&client, "domain_delete", args.clone()).await;
+    let done = structured(&r).clone();
+    assert_eq!(done["status"], "executed", "{done}");
+    assert!(dig_a(&d).await.is_empty(), "A record gone");
+    client.cancel().await.unwrap();
+    cleanup(&p, &d).await;
+}
+
+/// A 2026-07-28 `tools/call` of `tool` over plain HTTP, declaring
+/// elicitation, optionally answering an earlier input-required result.
+async fn call_2026(
+    server: &HttpServer,
+    key: &str,
+    tool: &str,
+    args: Value,
+    answer: Option<(&str, Value)>,
+) -> Value {
+    let mut params = json!({
+        "name": tool,
+        "arguments": args,
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "stateless-human", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities": {"elicitation": {"form": {}}}
+        }
+    });
+    if let Some((state, response)) = answer {
+        params["requestState"] = json!(state);
+        params["inputResponses"] = json!({"confirm": response});
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params});
+    let resp = reqwest::Client::new()
+        .post(&server.url)
+        .bearer_auth(key)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    rpc_body(resp).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn input_required_confirmation_for_2026_07_28_clients() {
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let admin = server.client_with_key(&mint_key("default", "admin")).await;
+    let key = mint_key("default", "admin");
+    let other_key = mint_key("default", "admin");
+    let (p, d) = project_with_domain(&admin, "critr").await;
+    let args = json!({"project": p, "domain": d});
+
+    let first = call_2026(&server, &key, "domain_delete", args.clone(), None).await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let request = &result["inputRequests"]["confirm"];
+    assert_eq!(request["method"], "elicitation/create", "{first}");
+    assert!(request["params"]["message"].as_str().unwrap().contains(&d));
+    let state = result["requestState"].as_str().unwrap().to_string();
+    assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed yet");
+
+    // Declined: nothing changes, and the state is used up.
+    let declined = call_2026(
+        &server,
+        &key,
+        "domain_delete",
+        args.clone(),
+        Some((&state, json!({"action": "decline"}))),
+    )
+    .await;
+    assert_eq!(declined["result"]["structuredContent"]["status"], "declined", "{declined}");
+    assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed");
+    let accept = json!({"action": "accept", "content": {"confirm": d}});
+    let replay = call_2026(
+        &server,
+        &key,
+        "domain_delete",
+        args.clone(),
+        Some((&state, accept.clone())),
+    )
+    .await;
+    assert_eq!(replay["result"]["isError"], true, "{replay}");
+    assert_eq!(dig_a(&d).await, vec![app_address()], "a used state does nothing");
+
+    // A fresh request; its state is bound to the key that asked.
+    let again = call_2026(&server, &key, "domain_delete", args.clone(), None).await;
+    let state = again["result"]["requestState"].as_str().unwrap().to_string();
+    let stolen = call_2026(
+        &server,
+        &other_key,
+        "domain_delete",
+        args.clone(),
+        Some((&state, accept.clone())),
+    )
+    .await;
+    assert_eq!(stolen["result"]["isError"], true, "{stolen}");
+    assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed");
+    let forged = call_2026(
+        &server,
+        &key,
+        "domain_delete",
+        args.clone(),
+        Some(("not-a-state", accept.clone())),
+    )
+    .await;
+    assert_eq!(forged["result"]["isError"], true, "{forged}");
+    // The human accepts with the name: done.
+    let done = call_2026(
+        &server,
+        &key,
+        "domain_delete",
+        args.clone(),
+        Some((&state, accept)),
+    )
+    .await;
+    assert_eq!(
+        done["result"]["structuredContent"]["status"], "executed",
+        "{done}"
+    );
+    assert!(dig_a(&d).await.is_empty(), "A record gone");
+    cleanup(&p, &d).await;
+}
