@@ -52,7 +52,7 @@ pub struct BackupCreateResult {
 
 #[tool_router(router = backup_create_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Back up an environment's database: pg_dump on the storage server streamed to the backup server, verified by size and SHA-256. A failed backup leaves no file. Reports progress.
+    /// Back up an environment's database: pg_dump streamed to the backup server, verified by size and SHA-256; a failure leaves no file.
     #[tool(
         name = "backup_create",
         title = "Back up a database",

@@ -32,6 +32,7 @@ pub fn compact_tool(tool: &mut Tool) {
 fn compact_input(schema: &JsonObject) -> JsonObject {
     let mut v = Value::Object(schema.clone());
     node(&mut v, false);
+    optional_not_null(&mut v);
     // Shared definitions (the Environment enum) are inlined: a `$defs`
     // block plus a `$ref` is longer than the enum itself.
     if let Some(Value::Object(defs)) = v.get("$defs").cloned() {
@@ -49,6 +50,62 @@ fn compact_input(schema: &JsonObject) -> JsonObject {
     match v {
         Value::Object(o) => o,
         _ => unreachable!("an object stays an object"),
+    }
+}
+
+/// An optional parameter is shown as its plain type: leaving it out is how
+/// a caller says "none" (null is still accepted). `"default": null`, the
+/// null alternative, `"default": false` of flags and the `"minimum": 0` of
+/// unsigned counts (their descriptions give the real range) go, and so does
+/// `additionalProperties: false`: the server refuses unknown parameters
+/// with a clear error either way (serde `deny_unknown_fields`).
+fn optional_not_null(v: &mut Value) {
+    let Value::Object(o) = v else { return };
+    o.remove("additionalProperties");
+    let required: Vec<Value> = o
+        .get("required")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let Some(Value::Object(props)) = o.get_mut("properties") else {
+        return;
+    };
+    for (name, prop) in props.iter_mut() {
+        if required.contains(&Value::from(name.as_str())) {
+            continue;
+        }
+        let Value::Object(p) = prop else { continue };
+        if p.get("default")
+            .is_some_and(|d| d.is_null() || d == &Value::Bool(false))
+        {
+            p.remove("default");
+        }
+        if p.get("minimum").is_some_and(|m| m == &Value::from(0)) {
+            p.remove("minimum");
+        }
+        if let Some(Value::Array(types)) = p.get("type").cloned() {
+            let rest: Vec<Value> = types.into_iter().filter(|t| t != "null").collect();
+            if rest.len() == 1 {
+                p.insert("type".into(), rest[0].clone());
+            }
+        }
+        if let Some(Value::Array(values)) = p.get_mut("enum") {
+            values.retain(|x| !x.is_null());
+        }
+        if let Some(Value::Array(alts)) = p.get("anyOf").cloned() {
+            let rest: Vec<Value> = alts
+                .into_iter()
+                .filter(|a| a.get("type").is_none_or(|t| t != "null"))
+                .collect();
+            if let [Value::Object(only)] = rest.as_slice() {
+                p.remove("anyOf");
+                for (k, x) in only {
+                    if !p.contains_key(k) {
+                        p.insert(k.clone(), x.clone());
+                    }
+                }
+            }
+        }
     }
 }
 

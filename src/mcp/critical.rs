@@ -23,8 +23,8 @@ use std::time::Duration;
 use rmcp::handler::server::tool::{InputResponses, IntoCallToolResult, RequestState};
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{
-    CallToolResponse, ElicitRequest, ElicitRequestParams, ElicitationAction,
-    ElicitationSchema, InputRequest, InputRequiredResult, ProtocolVersion,
+    CallToolResponse, ElicitRequest, ElicitRequestParams, ElicitationAction, ElicitationSchema,
+    InputRequest, InputRequiredResult, ProtocolVersion,
 };
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_router, RoleServer};
@@ -254,7 +254,11 @@ fn declined(plan: &CriticalPlan) -> CriticalResult {
     }
 }
 
-fn executed(plan: Option<&CriticalPlan>, summary: String, outcome: serde_json::Value) -> CriticalResult {
+fn executed(
+    plan: Option<&CriticalPlan>,
+    summary: String,
+    outcome: serde_json::Value,
+) -> CriticalResult {
     CriticalResult {
         summary,
         status: "executed".into(),
@@ -537,7 +541,7 @@ pub struct DomainDeleteParams {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalListParams {
-    /// Also decided ones (executed, refused, expired...), not only pending.
+    /// Also decided ones (executed, refused, expired...).
     #[serde(default)]
     pub all: bool,
     /// Per page, 1-100 (default 20).
@@ -599,7 +603,7 @@ pub struct ApproveParams {
 
 #[tool_router(router = critical_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Critical: delete a domain's route, A/AAAA records and record. Needs the user's confirmation (elicitation) or approve by a second admin; dry_run shows the plan.
+    /// Critical: delete a domain's route and A/AAAA records. Needs the user's confirmation or a second admin's approve; dry_run shows the plan.
     #[tool(
         name = "domain_delete",
         title = "Delete a domain",
@@ -635,7 +639,7 @@ impl CodebServer {
         .await
     }
 
-    /// Pending approvals of critical operations of your team, with their plans (all=true: decided ones too).
+    /// Your team's pending approvals of critical operations, with plans.
     #[tool(
         name = "approval_list",
         title = "List approvals",
@@ -671,7 +675,9 @@ impl CodebServer {
             .map_err(|e| e.to_string())?;
         let more = page.len() > limit as usize;
         page.truncate(limit as usize);
-        let next_cursor = more.then(|| page.last().map(|r| r.id.to_string())).flatten();
+        let next_cursor = more
+            .then(|| page.last().map(|r| r.id.to_string()))
+            .flatten();
         let approvals: Vec<ApprovalInfo> = page
             .into_iter()
             .map(|r| {
@@ -717,7 +723,7 @@ impl CodebServer {
         }))
     }
 
-    /// Approve a pending critical operation of your team and run it now (a different admin key than the requester's; once; before it expires; only if the live state still matches its plan).
+    /// Approve and run a pending critical operation of your team (another admin key than the requester's; once; before expiry; only if the live state still matches its plan).
     #[tool(
         name = "approve",
         title = "Approve a critical operation",
@@ -815,12 +821,18 @@ impl CodebServer {
                 outcome: None,
             });
         }
-        let row = rows::approval_claim(pool, id, rows::KIND_APPROVAL, caller.key_id, &caller.principal)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                format!("approval {id} was used or expired just now; an approval runs at most once")
-            })?;
+        let row = rows::approval_claim(
+            pool,
+            id,
+            rows::KIND_APPROVAL,
+            caller.key_id,
+            &caller.principal,
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!("approval {id} was used or expired just now; an approval runs at most once")
+        })?;
         tracing::info!(approval = %id, tool = %row.tool, project = %row.project, by = %caller.principal, "approval granted");
         // The operation records both: who asked and who approved.
         let actor = Caller {
@@ -830,6 +842,7 @@ impl CodebServer {
             ),
             ..caller
         };
-        self.execute_claimed(&context, actor, row, Some(&plan)).await
+        self.execute_claimed(&context, actor, row, Some(&plan))
+            .await
     }
 }

@@ -25,10 +25,10 @@ pub struct DeployParams {
     /// Plan only; change nothing.
     #[serde(default)]
     pub dry_run: bool,
-    /// Your key (e.g. a CI run id); repeating it returns the same deployment.
+    /// E.g. a CI run id; repeating it returns the same deployment.
     #[serde(default)]
     pub idempotency_key: Option<String>,
-    /// Admin/owner only: why production may take an image never deployed to staging (1-1000 chars; recorded).
+    /// Admins: why production may take an image not yet healthy in staging (recorded).
     #[serde(default)]
     pub override_reason: Option<String>,
 }
@@ -66,7 +66,7 @@ pub struct DeployResult {
 
 #[tool_router(router = deploy_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Deploy an image into the inactive slot: pull, replace its container, run it with the latest env version, health-gate it, route its preview URL. Live traffic moves only on promote. A failure cleans the slot. Production takes only images deployed healthy to staging first (admins may pass override_reason). Reports progress.
+    /// Deploy an image into the inactive slot (pull, run with the latest env version, health-gate, preview URL); live traffic moves only on promote; a failure cleans the slot. Production needs the image deployed healthy to staging first (admins: override_reason).
     #[tool(
         name = "deploy",
         title = "Deploy an image",

@@ -37,7 +37,7 @@ pub struct DomainListResult {
 
 #[tool_router(router = domain_list_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// List domains set up with domain_setup: project environment, DNS state, route state and the slot/port they route to. Paginated. Read-only.
+    /// List domains with their environment, DNS and route state and the slot/port they route to. Paginated.
     #[tool(
         name = "domain_list",
         title = "List domains",

@@ -59,7 +59,7 @@ pub struct DomainSetupResult {
 
 #[tool_router(router = domain_setup_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Point a domain at the app server (PowerDNS A/AAAA; zone created if managed), check the authoritative DNS answer, route it to the environment's active slot and check through Caddy. Moves with promote/rollback. Idempotent; undone on failure.
+    /// Point a domain at the app server (PowerDNS A/AAAA, checked over DNS) and route it to the environment's active slot (checked through Caddy). Moves with promote/rollback; undone on failure.
     #[tool(
         name = "domain_setup",
         title = "Set up a domain",

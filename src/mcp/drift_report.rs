@@ -17,7 +17,7 @@ pub const DRIFT_FINDINGS_MAX: usize = 200;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DriftReportParams {
-    /// Only this project (3-32 characters: lowercase letters, digits, '-'); every project when omitted.
+    /// Only this project; all of your team's when omitted.
     #[serde(default)]
     pub project: Option<String>,
 }
@@ -47,7 +47,7 @@ pub struct DriftReportResult {
 
 #[tool_router(router = drift_report_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Compare codeb's records with what the servers run — containers (image, labels, port, running, orphans), SRV routes, DNS records of domains, env-file hashes, the Caddy config — and list each difference once with expected, found and a fix. Read-only.
+    /// Compare codeb's records with what the servers run (containers, SRV routes, domain DNS records, env-file hashes, Caddy config); each difference once with expected, found and a fix.
     #[tool(
         name = "drift_report",
         title = "Report drift",

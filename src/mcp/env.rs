@@ -166,7 +166,7 @@ impl CodebServer {
         }))
     }
 
-    /// Set/unset env variables as a new encrypted version (old ones kept). Returns the key diff with fingerprints, never values. Protected keys are owner-only. Reaches servers via env_sync or the next deploy.
+    /// Set/unset env variables as a new encrypted version; returns the key diff (fingerprints, never values). Protected keys: owner only. Reaches servers via env_sync or the next deploy.
     #[tool(
         name = "env_set",
         title = "Change env variables",
@@ -237,7 +237,7 @@ impl CodebServer {
         }))
     }
 
-    /// Write the latest env version to the app server (0600, atomic) and a copy to the backup server. Deploy does this itself.
+    /// Write the latest env version to the app server (0600, atomic) and the backup server. Deploy does this itself.
     #[tool(
         name = "env_sync",
         title = "Write env files to servers",

@@ -80,7 +80,7 @@ pub struct DatabaseHealth {
 
 #[tool_router(router = health_check_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Check each server (SSH reachability, latency), its services (podman, Caddy, PowerDNS / PostgreSQL, Redis, registry / streaming / backup disk) and the state database; without `server`, also each environment's active and deployed slots and its route through Caddy (capped).
+    /// Check each server (SSH, latency, its services), the state database and, without `server`, each environment's slots and route through Caddy (capped).
     #[tool(
         name = "health_check",
         title = "Check fleet health",

@@ -78,7 +78,7 @@ fn env_keys() -> Vec<String> {
 
 #[tool_router(router = project_create_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Create a project for your team: per environment a blue/green port pair, a PostgreSQL database + role, a Redis user on its own key prefix, and protected env vars. Returns key names and a .env.local for local development. All or nothing.
+    /// Create a project: per environment a port pair, a PostgreSQL database and role, a Redis user on its own key prefix and protected env vars; returns a .env.local. All or nothing.
     #[tool(
         name = "project_create",
         title = "Create a project",

@@ -127,7 +127,7 @@ pub(crate) fn switch_result(
 
 #[tool_router(router = promote_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Send traffic to the deployed slot: re-probe it, switch the routes atomically (previous slot stays as fallback), verify through Caddy, then mark it active and the previous one grace. Undone if verification fails. Reports progress.
+    /// Send traffic to the deployed slot: re-probe, switch routes atomically (previous slot as fallback), verify through Caddy, mark it active and the previous one grace. Undone if verification fails.
     #[tool(
         name = "promote",
         title = "Promote the deployed slot",

@@ -30,7 +30,7 @@ pub struct RollbackParams {
 
 #[tool_router(router = rollback_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Send traffic back to the grace slot (only while unexpired and healthy): atomic route switch verified through Caddy. Names env keys that differ. Reports progress.
+    /// Send traffic back to the grace slot (while unexpired and healthy): atomic switch verified through Caddy; names env keys that differ.
     #[tool(
         name = "rollback",
         title = "Roll back to the grace slot",

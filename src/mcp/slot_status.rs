@@ -72,7 +72,7 @@ pub struct SlotStatusResult {
 
 #[tool_router(router = slot_status_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Show a project's blue/green slots per environment (state, port, image, env version, grace expiry) next to what podman really runs, flagging mismatches.
+    /// Show a project's slots per environment (state, port, image, env version, grace expiry) next to what podman runs, flagging mismatches.
     #[tool(
         name = "slot_status",
         title = "Show slot status",

@@ -62,12 +62,19 @@ mod tests {
         let b = plan(serde_json::from_str(r#"{"b": [1, 2], "a": 1}"#).unwrap());
         assert_eq!(a.hash(), b.hash());
         assert_eq!(a.hash().len(), 64);
-        assert_ne!(a.hash(), plan(serde_json::json!({"a": 1, "b": [2, 1]})).hash());
+        assert_ne!(
+            a.hash(),
+            plan(serde_json::json!({"a": 1, "b": [2, 1]})).hash()
+        );
         let mut other = a.clone();
         other.project = "shop2".into();
         assert_ne!(a.hash(), other.hash());
         let mut summary_only = a.clone();
         summary_only.summary = "different words".into();
-        assert_eq!(a.hash(), summary_only.hash(), "the summary is prose, not state");
+        assert_eq!(
+            a.hash(),
+            summary_only.hash(),
+            "the summary is prose, not state"
+        );
     }
 }

@@ -83,7 +83,8 @@ async fn observe(ctx: &Ctx, project: &str, domain: &str) -> Result<Observed, OpE
         aaaa.unwrap_or_default(),
         srv.unwrap_or_default(),
     );
-    let summary = format!(
+    let summary =
+        format!(
         "delete domain {domain} of {project} {environment}: its route ({} SRV record(s)) stops, \
          its address records ({}) in zone {} are deleted, then its record in codeb",
         srv.len(),
@@ -137,7 +138,10 @@ pub async fn domain_delete(
 ) -> Result<DomainDeleteOutcome, OpError> {
     let first = observe(ctx, project, domain).await?;
     if first.plan.hash() != approved_hash {
-        return Err(OpError::Refused(stale_plan_message("domain_delete", project)));
+        return Err(OpError::Refused(stale_plan_message(
+            "domain_delete",
+            project,
+        )));
     }
     let mut op = begin_op(
         ctx,

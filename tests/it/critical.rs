@@ -55,7 +55,9 @@ impl rmcp::ClientHandler for Human {
             self.shown.lock().unwrap().push(message.clone());
         }
         Ok(match &self.typed {
-            Some(w) => ElicitResult::new(ElicitationAction::Accept).with_content(json!({"confirm": w})),
+            Some(w) => {
+                ElicitResult::new(ElicitationAction::Accept).with_content(json!({"confirm": w}))
+            }
             None => ElicitResult::new(ElicitationAction::Decline),
         })
     }
@@ -105,7 +107,12 @@ async fn domain_delete_waits_for_a_second_admin_key() {
     let args = json!({"project": p, "domain": d});
 
     // A dry run shows the plan and its hash; nothing changes.
-    let dry = call(&admin1, "domain_delete", json!({"project": p, "domain": d, "dry_run": true})).await;
+    let dry = call(
+        &admin1,
+        "domain_delete",
+        json!({"project": p, "domain": d, "dry_run": true}),
+    )
+    .await;
     let dry = structured(&dry).clone();
     assert_eq!(dry["status"], "planned", "{dry}");
     let hash = dry["plan"]["hash"].as_str().unwrap().to_string();
@@ -119,7 +126,11 @@ async fn domain_delete_waits_for_a_second_admin_key() {
     let r = call(&admin1, "domain_delete", args.clone()).await;
     let pending = structured(&r).clone();
     assert_eq!(pending["status"], "pending_approval", "{pending}");
-    assert_eq!(pending["plan"]["hash"], json!(hash), "bound to the plan shown");
+    assert_eq!(
+        pending["plan"]["hash"],
+        json!(hash),
+        "bound to the plan shown"
+    );
     let id = pending["approval_id"].as_str().unwrap().to_string();
     assert!(pending["summary"].as_str().unwrap().contains(&id));
     assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed");
@@ -151,10 +162,19 @@ async fn domain_delete_waits_for_a_second_admin_key() {
         "{}",
         error_text(&r)
     );
-    assert_eq!(dig_a(&d).await, vec![app_address()], "still nothing changed");
+    assert_eq!(
+        dig_a(&d).await,
+        vec![app_address()],
+        "still nothing changed"
+    );
 
     // A dry run of approve says it would run.
-    let r = call(&admin2, "approve", json!({"approval_id": id, "dry_run": true})).await;
+    let r = call(
+        &admin2,
+        "approve",
+        json!({"approval_id": id, "dry_run": true}),
+    )
+    .await;
     assert_eq!(structured(&r)["status"], "would_execute");
     // The second admin approves: it runs.
     let r = call(&admin2, "approve", json!({"approval_id": id})).await;
@@ -167,7 +187,11 @@ async fn domain_delete_waits_for_a_second_admin_key() {
     assert!(!structured(&listed).to_string().contains(&d));
     // Single use.
     let r = call(&admin2, "approve", json!({"approval_id": id})).await;
-    assert!(error_text(&r).contains("already used"), "{}", error_text(&r));
+    assert!(
+        error_text(&r).contains("already used"),
+        "{}",
+        error_text(&r)
+    );
     let all = call(&admin2, "approval_list", json!({"all": true})).await;
     let all = structured(&all).clone();
     let entry = all["approvals"]
@@ -205,32 +229,50 @@ async fn approvals_of_a_changed_state_or_past_expiry_are_refused() {
     )
     .await
     .unwrap();
-    let r = call(&admin2, "approve", json!({"approval_id": id, "dry_run": true})).await;
+    let r = call(
+        &admin2,
+        "approve",
+        json!({"approval_id": id, "dry_run": true}),
+    )
+    .await;
     assert_eq!(structured(&r)["status"], "stale");
     let r = call(&admin2, "approve", json!({"approval_id": id})).await;
     let text = error_text(&r);
     assert!(text.contains("live state changed"), "{text}");
     assert_eq!(dig_a(&d).await, vec!["10.77.0.99"], "nothing was deleted");
-    assert_eq!(pdns_state(&d).await.1, false, "no route (staging has no active slot)");
+    assert_eq!(
+        pdns_state(&d).await.1,
+        false,
+        "no route (staging has no active slot)"
+    );
     let r = call(&admin2, "approve", json!({"approval_id": id})).await;
-    assert!(error_text(&r).contains("already used (refused"), "{}", error_text(&r));
+    assert!(
+        error_text(&r).contains("already used (refused"),
+        "{}",
+        error_text(&r)
+    );
 
     // Expired: the request's time ran out (set in the database, as time
     // passing would).
     let r = call(&admin1, "domain_delete", args.clone()).await;
     let id = structured(&r)["approval_id"].as_str().unwrap().to_string();
-    sqlx::query("UPDATE approvals SET expires_at = now() - interval '1 second' WHERE id = $1::uuid")
-        .bind(&id)
-        .execute(&db().await)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE approvals SET expires_at = now() - interval '1 second' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&db().await)
+    .await
+    .unwrap();
     let r = call(&admin2, "approve", json!({"approval_id": id})).await;
     assert!(error_text(&r).contains("expired"), "{}", error_text(&r));
     assert_eq!(dig_a(&d).await, vec!["10.77.0.99"], "nothing was deleted");
     // Not a UUID, unknown id: clear errors without echoing the input.
     let r = call(&admin2, "approve", json!({"approval_id": "$(id)"})).await;
     let text = error_text(&r);
-    assert!(text.contains("not a UUID") && !text.contains("$(id)"), "{text}");
+    assert!(
+        text.contains("not a UUID") && !text.contains("$(id)"),
+        "{text}"
+    );
     let r = call(
         &admin2,
         "approve",
@@ -257,7 +299,10 @@ async fn elicitation_capable_clients_ask_the_human() {
     assert_eq!(structured(&r)["status"], "declined");
     let shown = human.shown.lock().unwrap().clone();
     assert_eq!(shown.len(), 1);
-    assert!(shown[0].contains(&d) && shown[0].contains("not the assistant"), "{shown:?}");
+    assert!(
+        shown[0].contains(&d) && shown[0].contains("not the assistant"),
+        "{shown:?}"
+    );
     assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed");
     client.cancel().await.unwrap();
     // Accepted with the wrong name: refused, nothing changes.
@@ -344,7 +389,10 @@ async fn input_required_confirmation_for_2026_07_28_clients() {
         Some((&state, json!({"action": "decline"}))),
     )
     .await;
-    assert_eq!(declined["result"]["structuredContent"]["status"], "declined", "{declined}");
+    assert_eq!(
+        declined["result"]["structuredContent"]["status"], "declined",
+        "{declined}"
+    );
     assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed");
     let accept = json!({"action": "accept", "content": {"confirm": d}});
     let replay = call_2026(
@@ -356,11 +404,18 @@ async fn input_required_confirmation_for_2026_07_28_clients() {
     )
     .await;
     assert_eq!(replay["result"]["isError"], true, "{replay}");
-    assert_eq!(dig_a(&d).await, vec![app_address()], "a used state does nothing");
+    assert_eq!(
+        dig_a(&d).await,
+        vec![app_address()],
+        "a used state does nothing"
+    );
 
     // A fresh request; its state is bound to the key that asked.
     let again = call_2026(&server, &key, "domain_delete", args.clone(), None).await;
-    let state = again["result"]["requestState"].as_str().unwrap().to_string();
+    let state = again["result"]["requestState"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let stolen = call_2026(
         &server,
         &other_key,
