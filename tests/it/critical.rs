@@ -240,9 +240,8 @@ async fn approvals_of_a_changed_state_or_past_expiry_are_refused() {
     let text = error_text(&r);
     assert!(text.contains("live state changed"), "{text}");
     assert_eq!(dig_a(&d).await, vec!["10.77.0.99"], "nothing was deleted");
-    assert_eq!(
-        pdns_state(&d).await.1,
-        false,
+    assert!(
+        !pdns_state(&d).await.1,
         "no route (staging has no active slot)"
     );
     let r = call(&admin2, "approve", json!({"approval_id": id})).await;
