@@ -846,3 +846,105 @@ impl CodebServer {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(requested_by: Option<Uuid>, principal: &str) -> ApprovalRow {
+        ApprovalRow {
+            id: Uuid::new_v4(),
+            kind: rows::KIND_APPROVAL.into(),
+            team_id: "default".into(),
+            tool: "domain_delete".into(),
+            project: "shop".into(),
+            arguments: serde_json::json!({}),
+            plan_hash: "h".into(),
+            summary: String::new(),
+            plan: serde_json::json!({}),
+            requested_by,
+            requested_principal: principal.into(),
+            approved_by: None,
+            approved_principal: None,
+            status: "pending".into(),
+            created_at: chrono::Utc::now(),
+            expires_at: chrono::Utc::now(),
+            decided_at: None,
+            executed_at: None,
+            error: None,
+            result: None,
+        }
+    }
+
+    #[test]
+    fn the_requesting_key_never_counts_as_a_second_admin() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let caller = |key: Option<Uuid>, principal: &str| Caller {
+            principal: principal.into(),
+            key_id: key,
+            ..Caller::local_owner()
+        };
+        // Same key, whatever the label says.
+        assert!(same_requester(
+            &row(Some(a), "ci"),
+            &caller(Some(a), "other")
+        ));
+        assert!(!same_requester(&row(Some(a), "ci"), &caller(Some(b), "ci")));
+        // The local operator approving its own request is the same person.
+        assert!(same_requester(&row(None, "local"), &caller(None, "local")));
+        assert!(!same_requester(
+            &row(None, "local"),
+            &caller(Some(b), "local")
+        ));
+        assert!(!same_requester(&row(Some(a), "x"), &caller(None, "x")));
+    }
+
+    #[test]
+    fn only_the_exact_word_accepted_confirms() {
+        let ok = serde_json::json!({"confirm": " shop "});
+        assert_eq!(
+            judge(&ElicitationAction::Accept, Some(&ok), "shop"),
+            Ok(true)
+        );
+        for bad in [
+            serde_json::json!({"confirm": "Shop"}),
+            serde_json::json!({"confirm": "shop2"}),
+            serde_json::json!({"confirm": true}),
+            serde_json::json!({}),
+        ] {
+            assert!(judge(&ElicitationAction::Accept, Some(&bad), "shop").is_err());
+        }
+        assert!(judge(&ElicitationAction::Accept, None, "shop").is_err());
+        assert_eq!(
+            judge(&ElicitationAction::Decline, Some(&ok), "shop"),
+            Ok(false)
+        );
+        assert_eq!(judge(&ElicitationAction::Cancel, None, "shop"), Ok(false));
+    }
+
+    #[test]
+    fn the_confirmation_form_names_the_plan_and_the_word() {
+        let plan = CriticalPlan {
+            tool: "project_delete",
+            project: "shop".into(),
+            summary: "delete project shop".into(),
+            details: serde_json::json!({"x": 1}),
+        };
+        let ElicitRequestParams::FormElicitationParams {
+            message,
+            requested_schema,
+            ..
+        } = confirmation_request(&plan, "shop")
+        else {
+            panic!("a form")
+        };
+        assert!(message.contains("delete project shop"));
+        assert!(message.contains(&plan.hash()[..12]));
+        let schema = serde_json::to_value(&requested_schema).unwrap();
+        assert_eq!(schema["required"], serde_json::json!([CONFIRM_KEY]));
+        assert!(schema["properties"][CONFIRM_KEY]["title"]
+            .as_str()
+            .unwrap()
+            .contains("shop"));
+    }
+}
