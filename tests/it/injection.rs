@@ -176,7 +176,7 @@ fn valid_args(tool: &str, schema: &Value, project: &str, fresh: &str) -> Map<Str
             (_, "environment") => json!("staging"),
             (_, "image") => json!(image("v1")),
             (_, "domain") => json!(format!("{project}.example.test")),
-            (_, "id") => json!(uuid::Uuid::new_v4().to_string()),
+            (_, "id" | "approval_id" | "backup_id") => json!(uuid::Uuid::new_v4().to_string()),
             ("key_create", "role") => json!("viewer"),
             (tool, field) => panic!("{tool}: no valid value known for required field {field}"),
         };
