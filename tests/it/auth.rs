@@ -37,13 +37,42 @@ async fn bad_keys_get_401_before_mcp() {
         structured(&call(&c, "key_revoke", json!({"id": id})).await);
         made["api_key_shown_once"].as_str().unwrap().to_string()
     };
+    // A key whose expiry has passed (set in the database, as time passing
+    // would; it was never used, so no cache holds it).
+    let expired = {
+        let c = server.client().await;
+        let made = call(
+            &c,
+            "key_create",
+            json!({"role": "viewer", "label": "to expire", "expires_in_days": 1}),
+        )
+        .await;
+        let made = structured(&made).clone();
+        let id = made["key"]["id"].as_str().unwrap().to_string();
+        sqlx::query(
+            "UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1::uuid",
+        )
+        .bind(&id)
+        .execute(&super::common::db().await)
+        .await
+        .unwrap();
+        made["api_key_shown_once"].as_str().unwrap().to_string()
+    };
     let unknown = format!("codeb_default_owner_{}", "A".repeat(40));
     for (what, headers) in [
+        (
+            "expired",
+            vec![("authorization", format!("Bearer {expired}"))],
+        ),
         ("missing", vec![]),
-        ("malformed", vec![("authorization", "Bearer nope")]),
-        ("unknown", vec![("x-api-key", unknown.as_str())]),
-        ("revoked", vec![("x-api-key", revoked.as_str())]),
+        (
+            "malformed",
+            vec![("authorization", "Bearer nope".to_string())],
+        ),
+        ("unknown", vec![("x-api-key", unknown.clone())]),
+        ("revoked", vec![("x-api-key", revoked.clone())]),
     ] {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let resp = post_raw(&server.url, &headers).await;
         assert_eq!(resp.status(), 401, "{what}");
         assert!(resp.headers().contains_key("www-authenticate"), "{what}");
