@@ -45,6 +45,14 @@ async fn observe(ctx: &Ctx, project: &str, domain: &str) -> Result<Observed, OpE
     validate_project_name(project).map_err(|e| OpError::Invalid(e.0))?;
     let domain = normalize_domain(domain, false).map_err(|e| OpError::Invalid(e.0))?;
     let pool = ctx.db.pool().await?;
+    // A missing project answers like another team's (the access check's
+    // words), so the answer never tells whether a name exists.
+    if crate::state::api_keys::project_team(pool, project)
+        .await?
+        .is_none()
+    {
+        return Err(OpError::NotFound(project.to_string()));
+    }
     let not_found = || {
         OpError::Refused(format!(
             "domain {domain} is not set up for project {project}; domain_list shows its domains"
