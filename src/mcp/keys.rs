@@ -26,12 +26,17 @@ const TEAM_CACHE_TTL: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct TeamCache(Mutex<HashMap<String, (String, Instant)>>);
 
-/// Tools that cover every project when `project` is omitted.
-const FLEET_WIDE_TOOLS: [&str; 4] = [
+/// Tools whose `project` only narrows a listing of the caller's own team's
+/// records — filtered by team in their queries — so that a project that
+/// does not exist lists nothing. Another team's project must list the same
+/// nothing: refused here, it would answer differently from a missing one
+/// and so tell that it exists. (drift_report, whose handler answers a
+/// missing project "not found" like this check does, is not one.)
+const PROJECT_FILTER_TOOLS: [&str; 4] = [
     "deployment_list",
     "domain_list",
-    "drift_report",
     "slot_cleanup",
+    "audit_query",
 ];
 
 fn denied(message: String) -> CallToolResult {
@@ -71,15 +76,13 @@ impl CodebServer {
             }
         }
         let args = request.arguments.as_ref();
-        let project = args.and_then(|a| a.get("project")).and_then(|v| v.as_str());
-        match project {
-            Some(project) => self.check_project_team(&caller, project).await?,
-            None if FLEET_WIDE_TOOLS.contains(&tool) && caller.role < Role::Owner => {
-                return Err(denied(format!(
-                    "{tool} without `project` covers every team's projects, which needs the owner role; pass `project`"
-                )));
+        // Without `project`, listings (deployment_list, domain_list,
+        // drift_report, slot_cleanup, health_check) cover the caller's
+        // team's projects only: their handlers pass the team to the queries.
+        if let Some(project) = args.and_then(|a| a.get("project")).and_then(|v| v.as_str()) {
+            if !PROJECT_FILTER_TOOLS.contains(&tool) {
+                self.check_project_team(&caller, project).await?;
             }
-            None => {}
         }
         if tool == "deployment_get" {
             if let Some(id) = args
