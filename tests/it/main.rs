@@ -18,6 +18,7 @@ mod files;
 mod injection;
 mod lifecycle;
 mod lifecycle_faults;
+mod matrix;
 mod mcp_http;
 mod mcp_stdio;
 mod pdns;
