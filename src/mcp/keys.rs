@@ -116,8 +116,19 @@ impl CodebServer {
         caller: &Caller,
         project: &str,
     ) -> Result<(), CallToolResult> {
+        self.project_visible(caller, project).await.map_err(denied)
+    }
+
+    /// Ok unless `project` is another team's; then (or when the team cannot
+    /// be looked up) the message to answer, the same as for a missing
+    /// project. Invalid and missing names pass: the handler refuses them
+    /// with its own message.
+    pub(crate) async fn project_visible(
+        &self,
+        caller: &Caller,
+        project: &str,
+    ) -> Result<(), String> {
         if crate::model::validate_project_name(project).is_err() {
-            // The handler refuses it with its own message.
             return Ok(());
         }
         let cached = {
@@ -135,10 +146,10 @@ impl CodebServer {
                     .db
                     .pool()
                     .await
-                    .map_err(|e| denied(format!("{e}; check health_check")))?;
+                    .map_err(|e| format!("{e}; check health_check"))?;
                 let team = api_keys::project_team(pool, project)
                     .await
-                    .map_err(|e| denied(format!("{e}; check health_check")))?;
+                    .map_err(|e| format!("{e}; check health_check"))?;
                 if let Some(t) = &team {
                     let mut cache = self.project_teams.0.lock().expect("team cache lock");
                     if cache.len() >= 10_000 {
@@ -150,9 +161,7 @@ impl CodebServer {
             }
         };
         match team {
-            Some(t) if t != caller.team => {
-                Err(denied(OpError::NotFound(project.to_string()).to_string()))
-            }
+            Some(t) if t != caller.team => Err(OpError::NotFound(project.to_string()).to_string()),
             _ => Ok(()),
         }
     }

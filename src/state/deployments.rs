@@ -414,17 +414,21 @@ pub async fn deployment_journal(
     Ok(Some((status, steps)))
 }
 
-/// Project names starting with `prefix`, for completion.
+/// Names of `team`'s live projects starting with `prefix`, for completion.
 pub async fn project_names_with_prefix(
     pool: &PgPool,
+    team: &str,
     prefix: &str,
     limit: i64,
 ) -> Result<Vec<String>, DbError> {
     Ok(sqlx::query_scalar(
-        "SELECT name FROM projects WHERE deleted_at IS NULL AND starts_with(name, $1) ORDER BY name LIMIT $2",
+        "SELECT name FROM projects
+          WHERE deleted_at IS NULL AND team_id = $3 AND starts_with(name, $1)
+          ORDER BY name LIMIT $2",
     )
     .bind(prefix)
     .bind(limit)
+    .bind(team)
     .fetch_all(pool)
     .await?)
 }

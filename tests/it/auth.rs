@@ -321,3 +321,80 @@ async fn assert_no_other_teams_project(pool: &sqlx::PgPool, report: &Value, own:
         );
     }
 }
+
+/// Resources and completion see only the caller's team too: another
+/// team's project slots and deployment log read exactly like missing ones,
+/// and its project names are never offered.
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_and_completion_show_only_the_callers_team() {
+    use super::app_host::with_cleanup;
+    use super::common::{db, delete_teams, insert_project_of, unique_project, unique_team};
+    use rmcp::model::{ReadResourceRequestParams, ResourceContents};
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let pool = db().await;
+    let (team_a, team_b) = (unique_team("ra"), unique_team("rb"));
+    let a = server.client_with_key(&mint_key(&team_a, "viewer")).await;
+    let b = server.client_with_key(&mint_key(&team_b, "owner")).await;
+    let (p, nope) = (unique_project("resteam"), unique_project("resnone"));
+    let (dep, no_dep) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let body = async {
+        let pid = insert_project_of(&pool, &p, &team_a).await;
+        sqlx::query(
+            "INSERT INTO deployments (id, project_id, environment, operation, status, principal, finished_at)
+             VALUES ($1, $2, 'staging', 'deploy', 'succeeded', 'test', now())",
+        )
+        .bind(dep)
+        .bind(pid)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let slots = |p: &str| format!("codeb://projects/{p}/staging/slots");
+        let log = |id: uuid::Uuid| format!("codeb://deployments/{id}/log");
+        for (mine, theirs, missing, token, missing_token) in [
+            (slots(&p), slots(&p), slots(&nope), p.clone(), nope.clone()),
+            (
+                log(dep),
+                log(dep),
+                log(no_dep),
+                dep.to_string(),
+                no_dep.to_string(),
+            ),
+        ] {
+            let r = a
+                .read_resource(ReadResourceRequestParams::new(mine.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("team A reads {mine}: {e}"));
+            let ResourceContents::TextResourceContents { text, .. } = &r.contents[0] else {
+                panic!("text contents expected: {r:?}")
+            };
+            assert!(text.contains(&token) || text.contains("blue"), "{text}");
+            let read_err = |uri: String| {
+                let b = &b;
+                async move {
+                    b.read_resource(ReadResourceRequestParams::new(uri.clone()))
+                        .await
+                        .map(|r| format!("{r:?}"))
+                        .expect_err(&format!("team B must not read {uri}"))
+                        .to_string()
+                }
+            };
+            let theirs = read_err(theirs).await;
+            let missing = read_err(missing).await;
+            assert!(theirs.contains("not found"), "{theirs}");
+            assert_eq!(
+                theirs.replace(&token, "X"),
+                missing.replace(&missing_token, "X")
+            );
+        }
+        let template = "codeb://projects/{project}/{environment}/slots";
+        for (client, want) in [(&a, vec![p.clone()]), (&b, vec![])] {
+            let offered = client
+                .complete_resource_simple(template, "project", p.as_str())
+                .await
+                .unwrap();
+            assert_eq!(offered, want);
+        }
+    };
+    with_cleanup(body, delete_teams(&pool, &[&team_a, &team_b])).await;
+}
