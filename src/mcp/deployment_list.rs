@@ -168,8 +168,11 @@ impl CodebServer {
             .pool()
             .await
             .map_err(|e| format!("{e}; check health_check"))?;
+        // Only the caller's team's projects (DESIGN §6), with or without `project`.
+        let team = self.caller_team();
         let mut rows = deployments::deployments_page(
             pool,
+            Some(&team),
             p.project.as_deref(),
             p.environment.map(Environment::as_str),
             after,

@@ -57,10 +57,15 @@ impl CodebServer {
         if !(1..=100).contains(&limit) {
             return Err(format!("limit must be between 1 and 100, got {limit}"));
         }
-        let (domains, next_cursor) =
-            domains::domain_list(self.ctx(), p.project.as_deref(), p.cursor.as_deref(), limit)
-                .await
-                .map_err(|e| e.to_string())?;
+        let (domains, next_cursor) = domains::domain_list(
+            self.ctx(),
+            &self.caller_team(),
+            p.project.as_deref(),
+            p.cursor.as_deref(),
+            limit,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let pending = domains
             .iter()
             .filter(|d| d.dns_state != "ok" || d.route_state != "ok")

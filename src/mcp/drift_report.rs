@@ -63,12 +63,14 @@ impl CodebServer {
         &self,
         Parameters(p): Parameters<DriftReportParams>,
     ) -> Result<Json<DriftReportResult>, String> {
-        let r = drift_report(self.ctx(), p.project.as_deref())
+        let caller = self.caller();
+        let r = drift_report(self.ctx(), p.project.as_deref(), &caller)
             .await
             .map_err(|e: DriftError| e.to_string())?;
         let round_trips = r.round_trips();
         let total = r.findings.len();
-        let scope = p.project.as_deref().unwrap_or("all projects");
+        let team_scope = format!("team {}", caller.team);
+        let scope = p.project.as_deref().unwrap_or(&team_scope);
         let mut summary = if total == 0 {
             format!("{scope}: no drift ({} project(s) compared)", r.projects)
         } else {

@@ -63,7 +63,7 @@ pub struct HealthCheckResult {
     pub database: DatabaseHealth,
     /// Each checked server.
     pub servers: Vec<ServerHealth>,
-    /// Project environments with an active slot (all servers only; capped).
+    /// Your team's project environments with an active slot (all servers only; capped).
     pub environments: Vec<crate::ops::health::EnvHealth>,
     /// Environments with an active slot not checked because of the cap.
     pub environments_skipped: usize,
@@ -113,11 +113,13 @@ impl CodebServer {
             .servers()
             .filter(|(s, _)| p.server.as_ref().is_none_or(|n| &s.name == n))
             .map(|(s, r)| check_server(&config, s, r.clone()));
+        // Environments of the caller's team's projects only (DESIGN §6).
+        let team = self.caller_team();
         let envs = async {
             if p.server.is_some() {
                 return Ok((Vec::new(), 0));
             }
-            crate::ops::health::check_environments(ctx).await
+            crate::ops::health::check_environments(ctx, &team).await
         };
         let (reports, db, envs) = tokio::join!(join_all(checks), ctx.db.ping(), envs);
         let database = match db {

@@ -26,12 +26,17 @@ const TEAM_CACHE_TTL: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct TeamCache(Mutex<HashMap<String, (String, Instant)>>);
 
-/// Tools that cover every project when `project` is omitted.
-const FLEET_WIDE_TOOLS: [&str; 4] = [
+/// Tools whose `project` only narrows a listing of the caller's own team's
+/// records — filtered by team in their queries — so that a project that
+/// does not exist lists nothing. Another team's project must list the same
+/// nothing: refused here, it would answer differently from a missing one
+/// and so tell that it exists. (drift_report, whose handler answers a
+/// missing project "not found" like this check does, is not one.)
+const PROJECT_FILTER_TOOLS: [&str; 4] = [
     "deployment_list",
     "domain_list",
-    "drift_report",
     "slot_cleanup",
+    "audit_query",
 ];
 
 fn denied(message: String) -> CallToolResult {
@@ -71,15 +76,13 @@ impl CodebServer {
             }
         }
         let args = request.arguments.as_ref();
-        let project = args.and_then(|a| a.get("project")).and_then(|v| v.as_str());
-        match project {
-            Some(project) => self.check_project_team(&caller, project).await?,
-            None if FLEET_WIDE_TOOLS.contains(&tool) && caller.role < Role::Owner => {
-                return Err(denied(format!(
-                    "{tool} without `project` covers every team's projects, which needs the owner role; pass `project`"
-                )));
+        // Without `project`, listings (deployment_list, domain_list,
+        // drift_report, slot_cleanup, health_check) cover the caller's
+        // team's projects only: their handlers pass the team to the queries.
+        if let Some(project) = args.and_then(|a| a.get("project")).and_then(|v| v.as_str()) {
+            if !PROJECT_FILTER_TOOLS.contains(&tool) {
+                self.check_project_team(&caller, project).await?;
             }
-            None => {}
         }
         if tool == "deployment_get" {
             if let Some(id) = args
@@ -113,8 +116,19 @@ impl CodebServer {
         caller: &Caller,
         project: &str,
     ) -> Result<(), CallToolResult> {
+        self.project_visible(caller, project).await.map_err(denied)
+    }
+
+    /// Ok unless `project` is another team's; then (or when the team cannot
+    /// be looked up) the message to answer, the same as for a missing
+    /// project. Invalid and missing names pass: the handler refuses them
+    /// with its own message.
+    pub(crate) async fn project_visible(
+        &self,
+        caller: &Caller,
+        project: &str,
+    ) -> Result<(), String> {
         if crate::model::validate_project_name(project).is_err() {
-            // The handler refuses it with its own message.
             return Ok(());
         }
         let cached = {
@@ -132,10 +146,10 @@ impl CodebServer {
                     .db
                     .pool()
                     .await
-                    .map_err(|e| denied(format!("{e}; check health_check")))?;
+                    .map_err(|e| format!("{e}; check health_check"))?;
                 let team = api_keys::project_team(pool, project)
                     .await
-                    .map_err(|e| denied(format!("{e}; check health_check")))?;
+                    .map_err(|e| format!("{e}; check health_check"))?;
                 if let Some(t) = &team {
                     let mut cache = self.project_teams.0.lock().expect("team cache lock");
                     if cache.len() >= 10_000 {
@@ -147,9 +161,7 @@ impl CodebServer {
             }
         };
         match team {
-            Some(t) if t != caller.team => {
-                Err(denied(OpError::NotFound(project.to_string()).to_string()))
-            }
+            Some(t) if t != caller.team => Err(OpError::NotFound(project.to_string()).to_string()),
             _ => Ok(()),
         }
     }

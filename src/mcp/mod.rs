@@ -299,14 +299,22 @@ impl ServerHandler for CodebServer {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let uri = request.uri;
+        // A team sees only its own projects (DESIGN §6): another team's
+        // project or deployment reads exactly like a missing one.
+        let caller = self
+            .request_caller(&context)
+            .ok_or_else(|| resources::not_found(&uri, "not authenticated"))?;
         let text = match resources::parse(&uri)? {
             resources::ResourceRef::Slots {
                 project,
                 environment,
             } => {
+                self.project_visible(&caller, &project)
+                    .await
+                    .map_err(|e| resources::not_found(&uri, &e))?;
                 let r = self
                     .slot_status(rmcp::handler::server::wrapper::Parameters(
                         slot_status::SlotStatusParams {
@@ -327,10 +335,17 @@ impl ServerHandler for CodebServer {
                     .pool()
                     .await
                     .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                let missing = || resources::not_found(&uri, "no deployment with this id");
+                let team = crate::state::api_keys::deployment_team(pool, id)
+                    .await
+                    .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+                if team.is_some_and(|t| t != caller.team) {
+                    return Err(missing());
+                }
                 let (status, steps) = crate::state::deployments::deployment_journal(pool, id)
                     .await
                     .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
-                    .ok_or_else(|| resources::not_found(&uri, "no deployment with this id"))?;
+                    .ok_or_else(missing)?;
                 let mut text = format!("deployment {id}: {status}\n");
                 for s in steps {
                     text.push_str(&format!(
@@ -355,8 +370,10 @@ impl ServerHandler for CodebServer {
     async fn complete(
         &self,
         request: CompleteRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, ErrorData> {
+        // Project names of the caller's team only (DESIGN §6).
+        let team = self.request_caller(&context).map(|c| c.team);
         let known_ref = match &request.r#ref {
             Reference::Resource(r) => {
                 r.uri == resources::SLOTS_TEMPLATE || r.uri == resources::DEPLOYMENT_LOG_TEMPLATE
@@ -374,13 +391,13 @@ impl ServerHandler for CodebServer {
                     .map(|e| e.as_str().to_string())
                     .filter(|e| e.starts_with(value))
                     .collect(),
-                "project" if value.len() <= 32 => match self.ctx.db.pool().await {
-                    Ok(pool) => {
-                        crate::state::deployments::project_names_with_prefix(pool, value, 100)
+                "project" if value.len() <= 32 => match (&team, self.ctx.db.pool().await) {
+                    (Some(team), Ok(pool)) => {
+                        crate::state::deployments::project_names_with_prefix(pool, team, value, 100)
                             .await
                             .unwrap_or_default()
                     }
-                    Err(_) => Vec::new(),
+                    _ => Vec::new(),
                 },
                 _ => Vec::new(),
             }

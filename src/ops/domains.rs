@@ -632,9 +632,11 @@ pub struct DomainInfo {
     pub created_at: String,
 }
 
-/// One page of domains (sorted by name) and the cursor of the next.
+/// One page of the domains of `team`'s projects (or of one of them),
+/// sorted by name, and the cursor of the next.
 pub async fn domain_list(
     ctx: &Ctx,
+    team: &str,
     project: Option<&str>,
     cursor: Option<&str>,
     limit: u32,
@@ -648,7 +650,8 @@ pub async fn domain_list(
         })?;
     }
     let pool = ctx.db.pool().await?;
-    let mut page = rows::domains_page(pool, project, cursor, i64::from(limit) + 1).await?;
+    let mut page =
+        rows::domains_page(pool, Some(team), project, cursor, i64::from(limit) + 1).await?;
     let more = page.len() > limit as usize;
     page.truncate(limit as usize);
     let next = more

@@ -10,7 +10,14 @@
 //! - PowerDNS, one API call: `search-data?q=*&object_type=record` (every
 //!   record of every zone; retried once through a fresh forward if the
 //!   API was unreachable, and that retry is counted);
-//! - state database, three queries (slots, synced env versions, domains).
+//! - state database, three queries (slots, synced env versions, domains),
+//!   and a fourth for an owner's report without `project` (the names other
+//!   teams' projects own, to tell them from orphans).
+//!
+//! A report covers the caller's team only (DESIGN §6): the records are
+//! read for that team's projects (or the one `project`), and findings that
+//! belong to no project — orphan containers and rrsets, the Caddy config —
+//! are listed to owners only (see `plan::drift::DriftScope`).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -20,13 +27,14 @@ use std::time::Instant;
 use sha2::{Digest, Sha256};
 
 use crate::exec::Remote;
-use crate::model::{validate_project_name, Environment, ServerRole, SlotName, SlotState};
+use crate::model::{validate_project_name, Environment, Role, ServerRole, SlotName, SlotState};
+use crate::ops::lifecycle::Caller;
 use crate::ops::Ctx;
 use crate::plan::caddy::{render_caddyfile, CaddySiteConfig, CaddyTls};
 use crate::plan::cmd::RemoteCmd;
 use crate::plan::drift::{
-    caddy_read_cmd, drift_findings, env_file_hashes_cmd, parse_sha256sum, DriftNames, Finding,
-    Observed, RecordedDomain, RecordedEnv, RecordedSlot,
+    caddy_read_cmd, drift_findings, env_file_hashes_cmd, parse_sha256sum, DriftNames, DriftScope,
+    Finding, Observed, OtherTeams, RecordedDomain, RecordedEnv, RecordedSlot,
 };
 use crate::plan::envvars::render_env_file;
 use crate::plan::podman;
@@ -38,7 +46,8 @@ use crate::state::DbError;
 pub const DNS_LISTING_MAX: usize = 200_000;
 /// Resolver the static Caddy config names (as `caddy-install` renders it).
 const CADDY_RESOLVER: &str = "127.0.0.1:53";
-/// Database queries per report.
+/// Database queries per report (one more for an owner's report over the
+/// whole team).
 const DB_QUERIES: u32 = 3;
 
 /// Why no report could be made at all.
@@ -105,10 +114,15 @@ fn only_missing(stderr: &str) -> bool {
             .all(|l| l.contains("No such file or directory"))
 }
 
-/// Compares the records of every live project, or of `project`, with the
-/// servers. Observation failures do not fail the report: they are listed
-/// in `unobserved` and their checks skipped.
-pub async fn drift_report(ctx: &Ctx, project: Option<&str>) -> Result<DriftReport, DriftError> {
+/// Compares the records of every live project of the caller's team, or of
+/// `project`, with the servers. Observation failures do not fail the
+/// report: they are listed in `unobserved` and their checks skipped.
+/// Access control has checked that `project` is not another team's.
+pub async fn drift_report(
+    ctx: &Ctx,
+    project: Option<&str>,
+    caller: &Caller,
+) -> Result<DriftReport, DriftError> {
     let started = Instant::now();
     if let Some(p) = project {
         validate_project_name(p).map_err(|e| DriftError::Invalid(e.0))?;
@@ -118,14 +132,26 @@ pub async fn drift_report(ctx: &Ctx, project: Option<&str>) -> Result<DriftRepor
     let ssh = AtomicU32::new(0);
     let pdns_calls = AtomicU32::new(0);
 
+    let team = Some(caller.team.as_str());
+    let owner = caller.role >= Role::Owner;
+    // Other teams' names matter only where orphans are listed.
+    let with_others = owner && project.is_none();
     let records = async {
         let pool = ctx.db.pool().await?;
-        let (slots, versions, domains) = tokio::try_join!(
-            store::drift_slots(pool, project),
-            store::drift_synced_env_versions(pool, project),
-            store::drift_domains(pool, project),
+        let others = async {
+            if with_others {
+                store::drift_other_teams_names(pool, &caller.team).await
+            } else {
+                Ok(Vec::new())
+            }
+        };
+        let (slots, versions, domains, others) = tokio::try_join!(
+            store::drift_slots(pool, team, project),
+            store::drift_synced_env_versions(pool, team, project),
+            store::drift_domains(pool, team, project),
+            others,
         )?;
-        Ok::<_, DbError>((slots, versions, domains))
+        Ok::<_, DbError>((slots, versions, domains, others))
     };
     let containers = run_listing(app.as_deref(), podman::ps(None).map_err(|e| e.0), &ssh);
     let env_files = run_listing(app.as_deref(), Ok(env_file_hashes_cmd()), &ssh);
@@ -140,7 +166,7 @@ pub async fn drift_report(ctx: &Ctx, project: Option<&str>) -> Result<DriftRepor
     });
     let (records, containers, env_files, caddy, dns) =
         tokio::join!(records, containers, env_files, caddy, dns);
-    let (slot_rows, version_rows, domain_rows) = records?;
+    let (slot_rows, version_rows, domain_rows, other_rows) = records?;
 
     let mut unobserved = Vec::new();
     let mut observed = Observed::default();
@@ -258,7 +284,7 @@ pub async fn drift_report(ctx: &Ctx, project: Option<&str>) -> Result<DriftRepor
         if projects.is_empty() {
             let exists = crate::state::projects::project_by_name(ctx.db.pool().await?, p)
                 .await?
-                .is_some();
+                .is_some_and(|r| r.team_id == caller.team);
             if !exists {
                 return Err(DriftError::NotFound(p.to_string()));
             }
@@ -299,7 +325,16 @@ pub async fn drift_report(ctx: &Ctx, project: Option<&str>) -> Result<DriftRepor
         caddy_path: config.caddy.config_path.clone(),
         caddy_expected: site.validate().is_ok().then(|| render_caddyfile(&site)),
     };
-    let findings = drift_findings(&envs, &domains, &names, &observed, project);
+    let other_rows: Vec<(String, Environment, Option<String>)> = other_rows
+        .into_iter()
+        .filter_map(|(p, e, d)| Some((p, Environment::parse(&e)?, d)))
+        .collect();
+    let others = OtherTeams::from_rows(&other_rows, &names);
+    let scope = DriftScope {
+        project,
+        unowned: owner.then_some(&others),
+    };
+    let findings = drift_findings(&envs, &domains, &names, &observed, &scope);
     Ok(DriftReport {
         findings,
         projects: projects.len(),
@@ -307,7 +342,7 @@ pub async fn drift_report(ctx: &Ctx, project: Option<&str>) -> Result<DriftRepor
         unobserved,
         ssh_commands: ssh.load(Ordering::Relaxed),
         pdns_calls: pdns_calls.load(Ordering::Relaxed),
-        db_queries: DB_QUERIES,
+        db_queries: DB_QUERIES + u32::from(with_others),
         duration_ms: started.elapsed().as_millis() as u64,
     })
 }

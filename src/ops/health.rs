@@ -192,10 +192,13 @@ pub struct EnvHealth {
     pub healthy: bool,
 }
 
-/// Probes up to `MAX_ENVS_CHECKED` project environments that have an
-/// active slot: their active and deployed slots directly and the route
-/// through Caddy, concurrently. Returns them and how many exist in all.
-pub async fn check_environments(ctx: &crate::ops::Ctx) -> Result<(Vec<EnvHealth>, usize), String> {
+/// Probes up to `MAX_ENVS_CHECKED` environments of `team`'s projects that
+/// have an active slot: their active and deployed slots directly and the
+/// route through Caddy, concurrently. Returns them and how many exist in all.
+pub async fn check_environments(
+    ctx: &crate::ops::Ctx,
+    team: &str,
+) -> Result<(Vec<EnvHealth>, usize), String> {
     use futures::StreamExt;
     let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
     let rows: Vec<(String, String, String, String, i32, String)> = sqlx::query_as(
@@ -203,11 +206,12 @@ pub async fn check_environments(ctx: &crate::ops::Ctx) -> Result<(Vec<EnvHealth>
            FROM slots s
            JOIN projects p ON p.id = s.project_id
            JOIN project_environments pe ON pe.project_id = s.project_id AND pe.environment = s.environment
-          WHERE p.deleted_at IS NULL AND s.state IN ('active', 'deployed')
+          WHERE p.deleted_at IS NULL AND s.state IN ('active', 'deployed') AND p.team_id = $1
             AND EXISTS (SELECT 1 FROM slots a WHERE a.project_id = s.project_id
                           AND a.environment = s.environment AND a.state = 'active')
           ORDER BY p.name, s.environment, s.slot",
     )
+    .bind(team)
     .fetch_all(pool)
     .await
     .map_err(|e| e.to_string())?;

@@ -1666,7 +1666,8 @@ pub struct CleanupOutcome {
     pub deployment_id: Option<Uuid>,
 }
 
-/// slot_cleanup: empties expired grace slots (never the active one).
+/// slot_cleanup: empties expired grace slots (never the active one) of the
+/// caller's team's projects, or of `project`.
 pub async fn slot_cleanup(
     ctx: &Ctx,
     project: Option<&str>,
@@ -1683,10 +1684,12 @@ pub async fn slot_cleanup(
         "SELECT DISTINCT p.name, s.environment FROM slots s JOIN projects p ON p.id = s.project_id
           WHERE s.state = 'grace' AND s.grace_expires_at <= now() AND p.deleted_at IS NULL
             AND ($1::text IS NULL OR p.name = $1) AND ($2::text IS NULL OR s.environment = $2)
+            AND p.team_id = $3
           ORDER BY 1, 2",
     )
     .bind(project)
     .bind(environment.map(Environment::as_str))
+    .bind(&caller.team)
     .fetch_all(pool)
     .await
     .map_err(DbError::from)?;

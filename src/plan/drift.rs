@@ -257,16 +257,88 @@ fn env_route(env: &RecordedEnv) -> (Vec<Option<Vec<SrvTarget>>>, String) {
     )
 }
 
+/// Names that projects of other teams own on the servers: their
+/// containers and route rrsets are theirs, never this team's orphans.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OtherTeams {
+    /// Project names.
+    pub projects: BTreeSet<String>,
+    /// Slot container names (`{project}-{environment}-{slot}`).
+    pub containers: BTreeSet<String>,
+    /// Absolute route rrset names (environment, preview and domain hosts).
+    pub rrsets: BTreeSet<String>,
+}
+
+impl OtherTeams {
+    /// No other team owns anything.
+    pub const NONE: OtherTeams = OtherTeams {
+        projects: BTreeSet::new(),
+        containers: BTreeSet::new(),
+        rrsets: BTreeSet::new(),
+    };
+
+    /// From (project, environment, domain host name) rows: every slot
+    /// container and every route rrset name of those environments and
+    /// domains, whatever their state.
+    pub fn from_rows(rows: &[(String, Environment, Option<String>)], names: &DriftNames) -> Self {
+        let mut o = Self::default();
+        for (project, env, domain) in rows {
+            o.projects.insert(project.clone());
+            let hosts = match domain {
+                Some(h) => vec![h.clone()],
+                None => {
+                    let mut hosts = env_hostnames(project, *env, &names.base_domain);
+                    for slot in SlotName::ALL {
+                        o.containers.insert(format!("{project}-{env}-{slot}"));
+                        hosts.push(preview_hostname(project, *env, slot, &names.preview_domain));
+                    }
+                    hosts
+                }
+            };
+            o.rrsets
+                .extend(hosts.iter().map(|h| route_rrset_name(h, &names.route_zone)));
+        }
+        o
+    }
+}
+
+/// What a report covers (DESIGN §6: a team sees only its own projects).
+/// The recorded environments and domains handed to `drift_findings` are
+/// already those of the scope; this decides which findings about objects
+/// outside them are listed.
+#[derive(Debug, Clone, Copy)]
+pub struct DriftScope<'a> {
+    /// One project; None: every project of the caller's team (all of them
+    /// in the recorded environments).
+    pub project: Option<&'a str>,
+    /// Set only for an owner, who alone sees findings that belong to no
+    /// project: the Caddy config always; without `project` also containers
+    /// labelled with no project of the team and SRV rrsets no environment
+    /// of the team routes — except what these other teams' projects own
+    /// (theirs, not orphans, and never shown).
+    pub unowned: Option<&'a OtherTeams>,
+}
+
+impl DriftScope<'static> {
+    /// An owner's report over every project when no other team owns any.
+    pub const ALL: DriftScope<'static> = DriftScope {
+        project: None,
+        unowned: Some(&OtherTeams::NONE),
+    };
+}
+
 /// The findings: one per differing object, sorted by object within kind
-/// groups (containers, routes, DNS, env files, Caddy). `scope` limits
-/// orphan checks to one project's containers and skips orphan rrsets
-/// (their owner cannot be told from the name alone).
+/// groups (containers, routes, DNS, env files, Caddy). `scope` decides
+/// which orphans are listed: a project's report lists only containers
+/// labelled with it and no orphan rrsets (their owner cannot be told from
+/// the name alone); a team's lists containers labelled with its projects,
+/// and, for an owner, what belongs to no project (see `DriftScope`).
 pub fn drift_findings(
     envs: &[RecordedEnv],
     domains: &[RecordedDomain],
     names: &DriftNames,
     observed: &Observed,
-    scope: Option<&str>,
+    scope: &DriftScope<'_>,
 ) -> Vec<Finding> {
     let mut out = Vec::new();
     if let Some(containers) = &observed.containers {
@@ -279,7 +351,9 @@ pub fn drift_findings(
     if let Some(files) = &observed.env_files {
         env_file_findings(envs, files, &mut out);
     }
-    if let (Some(found), Some(expected)) = (&observed.caddy, &names.caddy_expected) {
+    if let (Some(found), Some(expected), Some(_)) =
+        (&observed.caddy, &names.caddy_expected, scope.unowned)
+    {
         caddy_findings(expected, found, names, &mut out);
     }
     out
@@ -288,9 +362,10 @@ pub fn drift_findings(
 fn container_findings(
     envs: &[RecordedEnv],
     containers: &[Container],
-    scope: Option<&str>,
+    scope: &DriftScope<'_>,
     out: &mut Vec<Finding>,
 ) {
+    let own_projects: BTreeSet<&str> = envs.iter().map(|e| e.project.as_str()).collect();
     let by_name: BTreeMap<&str, &Container> =
         containers.iter().map(|c| (c.name.as_str(), c)).collect();
     let mut slot_names = BTreeSet::new();
@@ -432,7 +507,17 @@ fn container_findings(
             continue;
         }
         let project = c.labels.get(LABEL_PROJECT).cloned();
-        if scope.is_some_and(|p| project.as_deref() != Some(p)) {
+        let label = project.as_deref();
+        let listed = match (scope.project, scope.unowned) {
+            (Some(p), _) => label == Some(p),
+            _ if label.is_some_and(|l| own_projects.contains(l)) => true,
+            (None, None) => false,
+            (None, Some(others)) => {
+                !others.containers.contains(&c.name)
+                    && !label.is_some_and(|l| others.projects.contains(l))
+            }
+        };
+        if !listed {
             continue;
         }
         out.push(Finding {
@@ -476,7 +561,7 @@ fn route_findings(
     domains: &[RecordedDomain],
     names: &DriftNames,
     records: &[(String, String, String, String)],
-    scope: Option<&str>,
+    scope: &DriftScope<'_>,
     out: &mut Vec<Finding>,
 ) {
     let zone = &names.route_zone;
@@ -561,9 +646,9 @@ fn route_findings(
             fix: exp.fix.clone(),
         });
     }
-    if scope.is_none() {
+    if let (None, Some(others)) = (scope.project, scope.unowned) {
         for (name, targets) in &found {
-            if expected.contains_key(name) {
+            if expected.contains_key(name) || others.rrsets.contains(name) {
                 continue;
             }
             out.push(Finding {
@@ -783,6 +868,14 @@ mod tests {
         }
     }
 
+    /// An owner's report of project shop.
+    fn shop() -> DriftScope<'static> {
+        DriftScope {
+            project: Some("shop"),
+            ..DriftScope::ALL
+        }
+    }
+
     fn kinds(f: &[Finding]) -> Vec<(&str, &str)> {
         f.iter()
             .map(|f| (f.kind.as_str(), f.object.as_str()))
@@ -791,13 +884,19 @@ mod tests {
 
     #[test]
     fn matching_servers_have_no_drift() {
-        let f = drift_findings(&[env(SlotState::Deployed)], &[], &names(), &in_line(), None);
+        let f = drift_findings(
+            &[env(SlotState::Deployed)],
+            &[],
+            &names(),
+            &in_line(),
+            &DriftScope::ALL,
+        );
         assert_eq!(f, vec![]);
         // A deployed slot may be listed as fallback or not.
         let mut o = in_line();
         let records = o.records.as_mut().unwrap();
         records.retain(|r| !r.2.starts_with("10 "));
-        let f = drift_findings(&[env(SlotState::Deployed)], &[], &names(), &o, Some("shop"));
+        let f = drift_findings(&[env(SlotState::Deployed)], &[], &names(), &o, &shop());
         assert_eq!(f, vec![]);
     }
 
@@ -808,7 +907,13 @@ mod tests {
             .as_mut()
             .unwrap()
             .retain(|r| !r.2.starts_with("10 "));
-        let f = drift_findings(&[env(SlotState::Grace)], &[], &names(), &o, None);
+        let f = drift_findings(
+            &[env(SlotState::Grace)],
+            &[],
+            &names(),
+            &o,
+            &DriftScope::ALL,
+        );
         assert_eq!(
             kinds(&f),
             [(
@@ -825,7 +930,13 @@ mod tests {
         let mut o = in_line();
         let c = o.containers.as_mut().unwrap();
         c.retain(|c| c.name != "shop-production-green");
-        let f = drift_findings(&[env(SlotState::Deployed)], &[], &names(), &o, None);
+        let f = drift_findings(
+            &[env(SlotState::Deployed)],
+            &[],
+            &names(),
+            &o,
+            &DriftScope::ALL,
+        );
         assert_eq!(kinds(&f), [("container_missing", "shop-production-green")]);
 
         let mut o = in_line();
@@ -833,7 +944,13 @@ mod tests {
         c.image = "r/demo:v1".into();
         c.state = "exited".into();
         c.host_ips = vec!["0.0.0.0".into()];
-        let f = drift_findings(&[env(SlotState::Deployed)], &[], &names(), &o, None);
+        let f = drift_findings(
+            &[env(SlotState::Deployed)],
+            &[],
+            &names(),
+            &o,
+            &DriftScope::ALL,
+        );
         assert_eq!(kinds(&f), [("container_image", "shop-production-green")]);
         assert_eq!(
             f[0].found,
@@ -843,7 +960,13 @@ mod tests {
         let mut o = in_line();
         let c = &mut o.containers.as_mut().unwrap()[0];
         c.labels.insert(LABEL_DEPLOYMENT.into(), "other".into());
-        let f = drift_findings(&[env(SlotState::Deployed)], &[], &names(), &o, None);
+        let f = drift_findings(
+            &[env(SlotState::Deployed)],
+            &[],
+            &names(),
+            &o,
+            &DriftScope::ALL,
+        );
         assert_eq!(kinds(&f), [("container_labels", "shop-production-blue")]);
     }
 
@@ -858,7 +981,13 @@ mod tests {
         stray.name = "gone-production-blue".into();
         stray.labels.insert(LABEL_PROJECT.into(), "gone".into());
         o.containers.as_mut().unwrap().push(stray);
-        let f = drift_findings(&[env(SlotState::Empty)], &[], &names(), &o, None);
+        let f = drift_findings(
+            &[env(SlotState::Empty)],
+            &[],
+            &names(),
+            &o,
+            &DriftScope::ALL,
+        );
         assert_eq!(
             kinds(&f),
             [
@@ -867,7 +996,7 @@ mod tests {
             ]
         );
         // Scoped to shop, other projects' containers are not its business.
-        let f = drift_findings(&[env(SlotState::Empty)], &[], &names(), &o, Some("shop"));
+        let f = drift_findings(&[env(SlotState::Empty)], &[], &names(), &o, &shop());
         assert_eq!(kinds(&f), [("container_stale", "shop-production-green")]);
     }
 
@@ -879,7 +1008,7 @@ mod tests {
             .unwrap()
             .extend(srv("old.codeb.test", &[(0, 4200)]));
         let e = [env(SlotState::Deployed)];
-        let f = drift_findings(&e, &[], &names(), &o, None);
+        let f = drift_findings(&e, &[], &names(), &o, &DriftScope::ALL);
         assert_eq!(
             kinds(&f),
             [(
@@ -887,7 +1016,7 @@ mod tests {
                 "_http._tcp.old.codeb.test.route.codeb.test."
             )]
         );
-        assert_eq!(drift_findings(&e, &[], &names(), &o, Some("shop")), vec![]);
+        assert_eq!(drift_findings(&e, &[], &names(), &o, &shop()), vec![]);
         // Without an active slot the environment has no route.
         let mut idle = env(SlotState::Deployed);
         idle.slots[0] = slot(SlotName::Blue, SlotState::Empty, "");
@@ -896,7 +1025,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .retain(|r| !r.0.contains("blue"));
-        let f = drift_findings(&[idle], &[], &names(), &o, Some("shop"));
+        let f = drift_findings(&[idle], &[], &names(), &o, &shop());
         assert_eq!(
             kinds(&f),
             [(
@@ -904,6 +1033,77 @@ mod tests {
                 "_http._tcp.shop.codeb.test.route.codeb.test."
             )]
         );
+    }
+
+    #[test]
+    fn a_team_sees_only_its_own_and_an_owner_also_what_nobody_owns() {
+        let mut o = in_line();
+        o.caddy = Some(None);
+        o.records
+            .as_mut()
+            .unwrap()
+            .extend(srv("old.codeb.test", &[(0, 4200)]));
+        o.records
+            .as_mut()
+            .unwrap()
+            .extend(srv("theirs-staging.codeb.test", &[(0, 4300)]));
+        let stray = |name: &str, project: &str| {
+            let mut c = container(SlotName::Blue, "r/x", 4900);
+            c.name = name.into();
+            c.labels.insert(LABEL_PROJECT.into(), project.into());
+            c
+        };
+        o.containers.as_mut().unwrap().extend([
+            stray("shop-old", "shop"),
+            stray("gone-production-blue", "gone"),
+            stray("theirs-staging-blue", "theirs"),
+            stray("theirs-tmp", "theirs"),
+        ]);
+        let e = [env(SlotState::Deployed)];
+        // Not an owner: only what belongs to the team's projects.
+        let member = DriftScope {
+            project: None,
+            unowned: None,
+        };
+        let f = drift_findings(&e, &[], &names(), &o, &member);
+        assert_eq!(kinds(&f), [("container_orphan", "shop-old")]);
+        // An owner also sees what no project owns, never another team's.
+        let others =
+            OtherTeams::from_rows(&[("theirs".into(), Environment::Staging, None)], &names());
+        assert!(others.containers.contains("theirs-staging-green"));
+        let owner = DriftScope {
+            project: None,
+            unowned: Some(&others),
+        };
+        let f = drift_findings(&e, &[], &names(), &o, &owner);
+        assert_eq!(
+            kinds(&f),
+            [
+                ("container_orphan", "shop-old"),
+                ("container_orphan", "gone-production-blue"),
+                (
+                    "route_orphan",
+                    "_http._tcp.old.codeb.test.route.codeb.test."
+                ),
+                ("caddy_config_missing", "/etc/caddy/Caddyfile")
+            ]
+        );
+        assert!(!format!("{f:?}").contains("theirs"));
+        // A project's report: its own containers; Caddy for owners only.
+        let f = drift_findings(&e, &[], &names(), &o, &shop());
+        assert_eq!(
+            kinds(&f),
+            [
+                ("container_orphan", "shop-old"),
+                ("caddy_config_missing", "/etc/caddy/Caddyfile")
+            ]
+        );
+        let viewer = DriftScope {
+            project: Some("shop"),
+            unowned: None,
+        };
+        let f = drift_findings(&e, &[], &names(), &o, &viewer);
+        assert_eq!(kinds(&f), [("container_orphan", "shop-old")]);
     }
 
     #[test]
@@ -918,7 +1118,13 @@ mod tests {
         };
         let e = [env(SlotState::Deployed)];
         let mut o = in_line();
-        let f = drift_findings(&e, std::slice::from_ref(&domain), &names(), &o, None);
+        let f = drift_findings(
+            &e,
+            std::slice::from_ref(&domain),
+            &names(),
+            &o,
+            &DriftScope::ALL,
+        );
         assert_eq!(
             kinds(&f),
             [
@@ -937,7 +1143,13 @@ mod tests {
             "10.0.0.9".into(),
             "shop.test.".into(),
         ));
-        let f = drift_findings(&e, std::slice::from_ref(&domain), &names(), &o, None);
+        let f = drift_findings(
+            &e,
+            std::slice::from_ref(&domain),
+            &names(),
+            &o,
+            &DriftScope::ALL,
+        );
         assert_eq!(kinds(&f), [("dns_mismatch", "www.shop.test.")]);
         assert_eq!(f[0].found, "A 10.0.0.9");
         // Pending domains are not checked.
@@ -946,7 +1158,7 @@ mod tests {
             route_state: "pending".into(),
             ..domain
         };
-        let f = drift_findings(&e, &[pending], &names(), &in_line(), None);
+        let f = drift_findings(&e, &[pending], &names(), &in_line(), &DriftScope::ALL);
         assert_eq!(f, vec![]);
     }
 
@@ -962,7 +1174,7 @@ mod tests {
             .into(),
         );
         o.caddy = Some(Some(":80 {\n\treverse_proxy other\n}\n".into()));
-        let f = drift_findings(&e, &[], &names(), &o, None);
+        let f = drift_findings(&e, &[], &names(), &o, &DriftScope::ALL);
         assert_eq!(
             kinds(&f),
             [
@@ -974,7 +1186,7 @@ mod tests {
         assert_eq!(f[0].found, "sha256 cdcdcdcdcdcd");
         o.env_files = Some(BTreeMap::new());
         o.caddy = Some(None);
-        let f = drift_findings(&e, &[], &names(), &o, None);
+        let f = drift_findings(&e, &[], &names(), &o, &DriftScope::ALL);
         assert_eq!(
             kinds(&f),
             [
@@ -983,7 +1195,7 @@ mod tests {
             ]
         );
         // Failed observations skip their checks.
-        let f = drift_findings(&e, &[], &names(), &Observed::default(), None);
+        let f = drift_findings(&e, &[], &names(), &Observed::default(), &DriftScope::ALL);
         assert_eq!(f, vec![]);
     }
 

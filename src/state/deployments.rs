@@ -341,9 +341,13 @@ pub async fn staging_deploy_succeeded(
     .await?)
 }
 
-/// A page of deployments, newest first, after the `after` id.
+/// A page of deployments, newest first, after the `after` id; of projects
+/// of `team` only (every team's: None), optionally of one project and
+/// environment. A cursor naming a deployment outside `team` ends the list,
+/// like an unknown one.
 pub async fn deployments_page(
     pool: &PgPool,
+    team: Option<&str>,
     project: Option<&str>,
     environment: Option<&str>,
     after: Option<Uuid>,
@@ -351,12 +355,16 @@ pub async fn deployments_page(
 ) -> Result<Vec<DeploymentRow>, DbError> {
     Ok(sqlx::query_as(&format!(
         "{SELECT_DEPLOYMENT}
-          WHERE ($1::text IS NULL OR p.name = $1)
-            AND ($2::text IS NULL OR d.environment = $2)
-            AND ($3::uuid IS NULL OR (d.created_at, d.id) < (SELECT created_at, id FROM deployments WHERE id = $3))
+          WHERE ($1::text IS NULL OR p.team_id = $1)
+            AND ($2::text IS NULL OR p.name = $2)
+            AND ($3::text IS NULL OR d.environment = $3)
+            AND ($4::uuid IS NULL OR (d.created_at, d.id) <
+                 (SELECT c.created_at, c.id FROM deployments c JOIN projects cp ON cp.id = c.project_id
+                   WHERE c.id = $4 AND ($1::text IS NULL OR cp.team_id = $1)))
           ORDER BY d.created_at DESC, d.id DESC
-          LIMIT $4"
+          LIMIT $5"
     ))
+    .bind(team)
     .bind(project)
     .bind(environment)
     .bind(after)
@@ -406,17 +414,21 @@ pub async fn deployment_journal(
     Ok(Some((status, steps)))
 }
 
-/// Project names starting with `prefix`, for completion.
+/// Names of `team`'s live projects starting with `prefix`, for completion.
 pub async fn project_names_with_prefix(
     pool: &PgPool,
+    team: &str,
     prefix: &str,
     limit: i64,
 ) -> Result<Vec<String>, DbError> {
     Ok(sqlx::query_scalar(
-        "SELECT name FROM projects WHERE deleted_at IS NULL AND starts_with(name, $1) ORDER BY name LIMIT $2",
+        "SELECT name FROM projects
+          WHERE deleted_at IS NULL AND team_id = $3 AND starts_with(name, $1)
+          ORDER BY name LIMIT $2",
     )
     .bind(prefix)
     .bind(limit)
+    .bind(team)
     .fetch_all(pool)
     .await?)
 }

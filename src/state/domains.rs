@@ -120,21 +120,25 @@ pub async fn domains_mark_routed(
 }
 
 /// One page of domains of live projects sorted by host name, after
-/// `after`, optionally of one project.
+/// `after`: of projects of `team` only (every team's: None), optionally of
+/// one project.
 pub async fn domains_page(
     pool: &PgPool,
+    team: Option<&str>,
     project: Option<&str>,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DomainRow>, DbError> {
     Ok(sqlx::query_as::<_, DomainRow>(&format!(
-        "{SELECT} WHERE p.deleted_at IS NULL AND ($1::text IS NULL OR p.name = $1)
+        "{SELECT} WHERE p.deleted_at IS NULL AND ($4::text IS NULL OR p.team_id = $4)
+                    AND ($1::text IS NULL OR p.name = $1)
                     AND ($2::text IS NULL OR d.hostname > $2)
                   ORDER BY d.hostname LIMIT $3"
     ))
     .bind(project)
     .bind(after)
     .bind(limit)
+    .bind(team)
     .fetch_all(pool)
     .await?)
 }

@@ -1,6 +1,8 @@
 //! The rows drift_report compares with the servers, each kind read in ONE
 //! query whatever the number of projects: slots with their port pairs,
-//! the latest synced env version per environment, and domains.
+//! the latest synced env version per environment, and domains — of the
+//! projects of one team (every team's: None), or of one project — and, for
+//! an owner's report, the names other teams' projects own.
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -29,10 +31,11 @@ pub struct DriftSlotRow {
     pub deployment_id: Option<Uuid>,
 }
 
-/// Every environment (and its slots) of the live projects, or of the one
-/// named `project`.
+/// Every environment (and its slots) of the live projects of `team`, or of
+/// the one named `project`.
 pub async fn drift_slots(
     pool: &PgPool,
+    team: Option<&str>,
     project: Option<&str>,
 ) -> Result<Vec<DriftSlotRow>, DbError> {
     Ok(sqlx::query_as::<_, DriftSlotRow>(
@@ -42,29 +45,33 @@ pub async fn drift_slots(
            JOIN project_environments pe ON pe.project_id = p.id
            LEFT JOIN slots s ON s.project_id = pe.project_id AND s.environment = pe.environment
           WHERE p.deleted_at IS NULL AND ($1::text IS NULL OR p.name = $1)
+            AND ($2::text IS NULL OR p.team_id = $2)
           ORDER BY p.name, pe.environment, s.slot",
     )
     .bind(project)
+    .bind(team)
     .fetch_all(pool)
     .await?)
 }
 
 /// The latest version written to the app server (synced) of every
-/// environment of the live projects, or of the one named `project`:
-/// (project id, environment, version row).
+/// environment of the live projects of `team`, or of the one named
+/// `project`: (project id, environment, version row).
 pub async fn drift_synced_env_versions(
     pool: &PgPool,
+    team: Option<&str>,
     project: Option<&str>,
 ) -> Result<Vec<(i64, String, EnvVersionRow)>, DbError> {
     let rows: Vec<crate::state::envvars::RowWithEnv> = sqlx::query_as(&format!(
         "SELECT DISTINCT ON (v.project_id, v.environment) v.project_id, v.environment, {}
            FROM env_versions v JOIN projects p ON p.id = v.project_id
           WHERE v.synced_at IS NOT NULL AND p.deleted_at IS NULL
-            AND ($1::text IS NULL OR p.name = $1)
+            AND ($1::text IS NULL OR p.name = $1) AND ($2::text IS NULL OR p.team_id = $2)
           ORDER BY v.project_id, v.environment, v.version DESC",
         crate::state::envvars::COLUMNS_V
     ))
     .bind(project)
+    .bind(team)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -90,18 +97,44 @@ pub struct DriftDomainRow {
     pub route_state: String,
 }
 
-/// The domains of the live projects, or of the one named `project`.
+/// The domains of the live projects of `team`, or of the one named `project`.
 pub async fn drift_domains(
     pool: &PgPool,
+    team: Option<&str>,
     project: Option<&str>,
 ) -> Result<Vec<DriftDomainRow>, DbError> {
     Ok(sqlx::query_as::<_, DriftDomainRow>(
         "SELECT d.hostname, p.name AS project, d.environment, d.kind, d.dns_state, d.route_state
            FROM domains d JOIN projects p ON p.id = d.project_id
           WHERE p.deleted_at IS NULL AND ($1::text IS NULL OR p.name = $1)
+            AND ($2::text IS NULL OR p.team_id = $2)
           ORDER BY d.hostname",
     )
     .bind(project)
+    .bind(team)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// What the projects of teams other than `team` — deleted ones included —
+/// own on the servers: (project, environment, domain host name or None),
+/// one row per environment and one per domain. An owner's report uses it
+/// only to tell another team's containers and routes from orphans; it
+/// never lists them.
+pub async fn drift_other_teams_names(
+    pool: &PgPool,
+    team: &str,
+) -> Result<Vec<(String, String, Option<String>)>, DbError> {
+    Ok(sqlx::query_as(
+        "SELECT p.name, pe.environment, NULL::text
+           FROM projects p JOIN project_environments pe ON pe.project_id = p.id
+          WHERE p.team_id <> $1
+         UNION ALL
+         SELECT p.name, d.environment, d.hostname
+           FROM domains d JOIN projects p ON p.id = d.project_id
+          WHERE p.team_id <> $1",
+    )
+    .bind(team)
     .fetch_all(pool)
     .await?)
 }

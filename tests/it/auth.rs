@@ -166,3 +166,264 @@ async fn the_101st_request_in_a_minute_is_refused() {
     let other = post_raw(&server.url, &[("x-api-key", b.as_str())]).await;
     assert_ne!(other.status(), 429);
 }
+
+/// DESIGN §6, a team sees only its own projects: without `project`,
+/// deployment_list, domain_list, drift_report, slot_cleanup and
+/// health_check cover the caller's team's projects only — viewers and
+/// owners alike — and their cursors page within the team.
+#[tokio::test(flavor = "multi_thread")]
+async fn listings_without_project_cover_only_the_callers_team() {
+    use super::app_host::with_cleanup;
+    use super::common::{db, delete_teams, insert_project_of, unique_project, unique_team};
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let pool = db().await;
+    let (team_a, team_b) = (unique_team("ta"), unique_team("tb"));
+    let a_viewer = server.client_with_key(&mint_key(&team_a, "viewer")).await;
+    let a_owner = server.client_with_key(&mint_key(&team_a, "owner")).await;
+    let b_viewer = server.client_with_key(&mint_key(&team_b, "viewer")).await;
+    let b_owner = server.client_with_key(&mint_key(&team_b, "owner")).await;
+    let p = unique_project("teamlist");
+    let domain = format!("{p}.example.test");
+    let older = uuid::Uuid::new_v4();
+    let newer = uuid::Uuid::new_v4();
+    let body = async {
+        // Team A's project: staging has an active slot (no container: an
+        // unhealthy environment, drift) and an expired grace slot (for
+        // slot_cleanup); two finished deployments; a domain.
+        let pid = insert_project_of(&pool, &p, &team_a).await;
+        for (slot, state, grace) in [("blue", "active", None), ("green", "grace", Some(3600.0))] {
+            sqlx::query(
+                "UPDATE slots SET state = $3, image = '10.77.0.12:5000/none:v1',
+                        grace_expires_at = now() - make_interval(secs => $4)
+                  WHERE project_id = $1 AND environment = 'staging' AND slot = $2",
+            )
+            .bind(pid)
+            .bind(slot)
+            .bind(state)
+            .bind(grace)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        for (id, env, age) in [(older, "production", 60.0), (newer, "staging", 1.0)] {
+            sqlx::query(
+                "INSERT INTO deployments (id, project_id, environment, operation, status, principal, created_at, finished_at)
+                 VALUES ($1, $2, $3, 'deploy', 'succeeded', 'test', now() - make_interval(secs => $4), now())",
+            )
+            .bind(id)
+            .bind(pid)
+            .bind(env)
+            .bind(age)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        codeb::state::domains::domain_insert(&pool, &domain, pid, "staging", "custom")
+            .await
+            .unwrap();
+
+        // Team B, viewer and owner: none of it, not even through A's cursor.
+        for (who, b) in [("viewer", &b_viewer), ("owner", &b_owner)] {
+            let mut seen = Vec::new();
+            for (tool, args) in [
+                ("deployment_list", json!({})),
+                ("deployment_list", json!({"cursor": newer.to_string()})),
+                ("domain_list", json!({})),
+                ("drift_report", json!({})),
+                ("health_check", json!({})),
+                ("project_list", json!({})),
+            ] {
+                let r = structured(&call(b, tool, args).await).clone();
+                assert!(
+                    !r.to_string().contains(&p),
+                    "B {who} {tool} shows A's project: {r}"
+                );
+                seen.push(r);
+            }
+            assert_eq!(seen[0]["deployments"], json!([]), "B {who}: {}", seen[0]);
+            assert_eq!(seen[1]["deployments"], json!([]), "B {who}: {}", seen[1]);
+            assert_eq!(seen[2]["domains"], json!([]), "B {who}: {}", seen[2]);
+            assert_eq!(
+                seen[3]["projects"],
+                json!(0),
+                "B {who}: {}",
+                seen[3]["summary"]
+            );
+            assert_eq!(
+                seen[4]["environments"],
+                json!([]),
+                "B {who}: {}",
+                seen[4]["summary"]
+            );
+            assert_no_other_teams_project(&pool, &seen[3], None).await;
+        }
+        let r = call(&b_owner, "slot_cleanup", json!({"dry_run": true})).await;
+        assert_eq!(structured(&r)["cleaned"], json!([]), "{r:?}");
+        // A viewer is refused slot_cleanup for its role, not for the scope.
+        let r = call(&b_viewer, "slot_cleanup", json!({"dry_run": true})).await;
+        assert!(error_text(&r).contains("needs the admin role"), "{r:?}");
+
+        // Team A sees its own, a page at a time.
+        let page = |cursor: Option<String>| {
+            let mut args = json!({"limit": 1});
+            if let Some(c) = cursor {
+                args["cursor"] = json!(c);
+            }
+            call(&a_viewer, "deployment_list", args)
+        };
+        let first = structured(&page(None).await).clone();
+        assert_eq!(
+            first["deployments"][0]["id"],
+            json!(newer.to_string()),
+            "{first}"
+        );
+        assert_eq!(first["next_cursor"], json!(newer.to_string()), "{first}");
+        let second = structured(&page(Some(newer.to_string())).await).clone();
+        assert_eq!(
+            second["deployments"][0]["id"],
+            json!(older.to_string()),
+            "{second}"
+        );
+        assert_eq!(second["deployments"][0]["project"], json!(p));
+        assert_eq!(second["next_cursor"], Value::Null, "{second}");
+        let r = structured(&call(&a_viewer, "domain_list", json!({})).await).clone();
+        let domains: Vec<&Value> = r["domains"].as_array().unwrap().iter().collect();
+        assert_eq!(domains.len(), 1, "{r}");
+        assert_eq!(domains[0]["domain"], json!(domain));
+        let r = structured(&call(&a_viewer, "health_check", json!({})).await).clone();
+        let envs = r["environments"].as_array().unwrap();
+        assert_eq!(envs.len(), 1, "{}", r["summary"]);
+        assert_eq!(
+            (&envs[0]["project"], &envs[0]["environment"]),
+            (&json!(p), &json!("staging"))
+        );
+        for (who, a) in [("viewer", &a_viewer), ("owner", &a_owner)] {
+            let r = structured(&call(a, "drift_report", json!({})).await).clone();
+            assert_eq!(r["projects"], json!(1), "A {who}: {}", r["summary"]);
+            let findings = r["findings"].as_array().unwrap();
+            assert!(
+                findings.iter().any(|f| f["kind"] == "container_missing"
+                    && f["object"] == json!(format!("{p}-staging-blue"))),
+                "A {who}: {r}"
+            );
+            if who == "viewer" {
+                // Findings that belong to no project are for owners.
+                assert!(findings.iter().all(|f| f["project"] == json!(p)), "{r}");
+            }
+            assert_no_other_teams_project(&pool, &r, Some(&p)).await;
+        }
+        let r = call(&a_owner, "slot_cleanup", json!({"dry_run": true})).await;
+        let cleaned = structured(&r)["cleaned"].clone();
+        assert_eq!(cleaned.as_array().unwrap().len(), 1, "{cleaned}");
+        assert_eq!(
+            (
+                &cleaned[0]["project"],
+                &cleaned[0]["environment"],
+                &cleaned[0]["slot"]
+            ),
+            (&json!(p), &json!("staging"), &json!("green"))
+        );
+    };
+    with_cleanup(body, delete_teams(&pool, &[&team_a, &team_b])).await;
+}
+
+/// Every finding of a drift report belongs to `own` or to no project
+/// recorded at all (an owner's orphans), never to another project.
+async fn assert_no_other_teams_project(pool: &sqlx::PgPool, report: &Value, own: Option<&str>) {
+    for f in report["findings"].as_array().unwrap() {
+        let Some(project) = f["project"].as_str() else {
+            continue;
+        };
+        if Some(project) == own {
+            continue;
+        }
+        let recorded: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM projects WHERE name = $1)")
+                .bind(project)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert!(
+            !recorded,
+            "a finding about another team's project {project}: {f}"
+        );
+    }
+}
+
+/// Resources and completion see only the caller's team too: another
+/// team's project slots and deployment log read exactly like missing ones,
+/// and its project names are never offered.
+#[tokio::test(flavor = "multi_thread")]
+async fn resources_and_completion_show_only_the_callers_team() {
+    use super::app_host::with_cleanup;
+    use super::common::{db, delete_teams, insert_project_of, unique_project, unique_team};
+    use rmcp::model::{ReadResourceRequestParams, ResourceContents};
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let pool = db().await;
+    let (team_a, team_b) = (unique_team("ra"), unique_team("rb"));
+    let a = server.client_with_key(&mint_key(&team_a, "viewer")).await;
+    let b = server.client_with_key(&mint_key(&team_b, "owner")).await;
+    let (p, nope) = (unique_project("resteam"), unique_project("resnone"));
+    let (dep, no_dep) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let body = async {
+        let pid = insert_project_of(&pool, &p, &team_a).await;
+        sqlx::query(
+            "INSERT INTO deployments (id, project_id, environment, operation, status, principal, finished_at)
+             VALUES ($1, $2, 'staging', 'deploy', 'succeeded', 'test', now())",
+        )
+        .bind(dep)
+        .bind(pid)
+        .execute(&pool)
+        .await
+        .unwrap();
+        let slots = |p: &str| format!("codeb://projects/{p}/staging/slots");
+        let log = |id: uuid::Uuid| format!("codeb://deployments/{id}/log");
+        for (mine, theirs, missing, token, missing_token) in [
+            (slots(&p), slots(&p), slots(&nope), p.clone(), nope.clone()),
+            (
+                log(dep),
+                log(dep),
+                log(no_dep),
+                dep.to_string(),
+                no_dep.to_string(),
+            ),
+        ] {
+            let r = a
+                .read_resource(ReadResourceRequestParams::new(mine.clone()))
+                .await
+                .unwrap_or_else(|e| panic!("team A reads {mine}: {e}"));
+            let ResourceContents::TextResourceContents { text, .. } = &r.contents[0] else {
+                panic!("text contents expected: {r:?}")
+            };
+            assert!(text.contains(&token) || text.contains("blue"), "{text}");
+            let read_err = |uri: String| {
+                let b = &b;
+                async move {
+                    b.read_resource(ReadResourceRequestParams::new(uri.clone()))
+                        .await
+                        .map(|r| format!("{r:?}"))
+                        .expect_err(&format!("team B must not read {uri}"))
+                        .to_string()
+                }
+            };
+            let theirs = read_err(theirs).await;
+            let missing = read_err(missing).await;
+            assert!(theirs.contains("not found"), "{theirs}");
+            assert_eq!(
+                theirs.replace(&token, "X"),
+                missing.replace(&missing_token, "X")
+            );
+        }
+        let template = "codeb://projects/{project}/{environment}/slots";
+        for (client, want) in [(&a, vec![p.clone()]), (&b, vec![])] {
+            let offered = client
+                .complete_resource_simple(template, "project", p.as_str())
+                .await
+                .unwrap();
+            assert_eq!(offered, want);
+        }
+    };
+    with_cleanup(body, delete_teams(&pool, &[&team_a, &team_b])).await;
+}

@@ -399,3 +399,33 @@ impl FreshStateDb {
         .expect("drop the fresh state database");
     }
 }
+
+/// A fresh team name for one test (teams are created by minting their
+/// first key: `mint_key`).
+pub fn unique_team(prefix: &str) -> String {
+    unique_project(prefix)
+}
+
+/// Registers a project of `team` directly in the database (the team must
+/// exist: mint a key of it first).
+pub async fn insert_project_of(pool: &sqlx::PgPool, name: &str, team: &str) -> i64 {
+    codeb::state::projects::project_insert(pool, name, team, "node")
+        .await
+        .expect("insert project")
+}
+
+/// Removes test teams with their projects (and, by cascade, everything
+/// recorded about those), keys and approvals. Best effort: for cleanups.
+pub async fn delete_teams(pool: &sqlx::PgPool, teams: &[&str]) {
+    let teams: Vec<String> = teams.iter().map(|t| t.to_string()).collect();
+    for table in ["approvals", "projects", "api_keys", "teams"] {
+        let column = if table == "teams" { "id" } else { "team_id" };
+        let r = sqlx::query(&format!("DELETE FROM {table} WHERE {column} = ANY($1)"))
+            .bind(&teams)
+            .execute(pool)
+            .await;
+        if let Err(e) = r {
+            eprintln!("cleanup: deleting {table} of {teams:?}: {e}");
+        }
+    }
+}

@@ -406,7 +406,7 @@ mod leases {
             Begin::Duplicate { existing_id } => assert_eq!(existing_id, first.id),
             other => panic!("{other:?}"),
         }
-        let page = d::deployments_page(&pool, Some("alpha"), None, None, 10)
+        let page = d::deployments_page(&pool, None, Some("alpha"), None, None, 10)
             .await
             .unwrap();
         assert_eq!(page.len(), 1, "no second deployment");

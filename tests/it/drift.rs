@@ -401,7 +401,9 @@ async fn fifty_projects_take_the_same_round_trips_as_one() {
         assert_eq!(fifty["round_trips"], one["round_trips"]);
         assert_eq!(fifty["ssh_commands"], one["ssh_commands"]);
         assert_eq!(fifty["pdns_calls"], one["pdns_calls"]);
-        assert_eq!(fifty["round_trips"], json!(ROUND_TRIPS));
+        // An owner's report without `project` reads one more thing: the
+        // names other teams' projects own (they are not its orphans).
+        assert_eq!(fifty["round_trips"], json!(ROUND_TRIPS + 1));
         eprintln!(
             "drift_report: 1 project {} ms, {N} projects {} ms, {} round trips",
             one["duration_ms"], fifty["duration_ms"], fifty["round_trips"]

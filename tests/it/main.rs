@@ -19,6 +19,7 @@ mod files;
 mod injection;
 mod lifecycle;
 mod lifecycle_faults;
+mod matrix;
 mod mcp_http;
 mod mcp_stdio;
 mod pdns;
