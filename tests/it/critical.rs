@@ -450,3 +450,232 @@ async fn input_required_confirmation_for_2026_07_28_clients() {
     assert!(dig_a(&d).await.is_empty(), "A record gone");
     cleanup(&p, &d).await;
 }
+
+/// Whether `p` is a live project (slot_status answers for it).
+async fn exists(client: &Client, p: &str) -> bool {
+    call(client, "slot_status", json!({"project": p}))
+        .await
+        .is_error
+        != Some(true)
+}
+
+/// A project created through MCP, with a staging deploy running when
+/// `deploy`.
+async fn live_project(admin: &Client, prefix: &str, deploy: bool) -> String {
+    let p = unique_project(prefix);
+    structured(&call(admin, "project_create", json!({"project": p})).await);
+    if deploy {
+        let r = call(
+            admin,
+            "deploy",
+            json!({"project": p, "environment": "staging", "image": super::lifecycle::image("v1")}),
+        )
+        .await;
+        structured(&r);
+    }
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn project_delete_by_the_human_or_a_second_admin() {
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let key1 = mint_key("default", "admin");
+    let admin1 = server.client_with_key(&key1).await;
+    let admin2 = server.client_with_key(&mint_key("default", "admin")).await;
+
+    // An elicitation-capable client: decline changes nothing, accept deletes.
+    let p1 = live_project(&admin1, "pdelh", true).await;
+    let human = Human::typing(None);
+    let client = server.client_as(&key1, human.clone()).await;
+    let r = call(&client, "project_delete", json!({"project": p1})).await;
+    assert_eq!(structured(&r)["status"], "declined");
+    assert!(human.shown.lock().unwrap()[0].contains(&p1));
+    assert!(
+        exists(&admin1, &p1).await,
+        "declined: the project is still there"
+    );
+    let slots = call(&admin1, "slot_status", json!({"project": p1})).await;
+    assert!(
+        structured(&slots).to_string().contains("\"deployed\""),
+        "its deploy still runs: {}",
+        structured(&slots)
+    );
+    client.cancel().await.unwrap();
+    let client = server.client_as(&key1, Human::typing(Some(&p1))).await;
+    let r = call(&client, "project_delete", json!({"project": p1})).await;
+    let done = structured(&r).clone();
+    assert_eq!(done["status"], "executed", "{done}");
+    assert!(!exists(&admin1, &p1).await, "deleted");
+    let listed = call(&admin1, "project_list", json!({"limit": 100})).await;
+    assert!(!structured(&listed).to_string().contains(&p1));
+    // The name is free again.
+    structured(&call(&admin1, "project_create", json!({"project": p1})).await);
+    let r = call(&client, "project_delete", json!({"project": p1})).await;
+    assert_eq!(structured(&r)["status"], "executed");
+    client.cancel().await.unwrap();
+
+    // Without elicitation: a pending approval for a second admin key.
+    let p2 = live_project(&admin1, "pdela", true).await;
+    let r = call(&admin1, "project_delete", json!({"project": p2})).await;
+    let pending = structured(&r).clone();
+    assert_eq!(pending["status"], "pending_approval", "{pending}");
+    let id = pending["approval_id"].as_str().unwrap().to_string();
+    assert!(exists(&admin1, &p2).await, "nothing changed yet");
+    let r = call(&admin1, "approve", json!({"approval_id": id})).await;
+    assert!(error_text(&r).contains("a different admin key"));
+    assert!(exists(&admin1, &p2).await, "the requester cannot approve");
+    let r = call(&admin2, "approve", json!({"approval_id": id})).await;
+    let done = structured(&r).clone();
+    assert_eq!(done["status"], "executed", "{done}");
+    assert!(!exists(&admin1, &p2).await, "deleted by the second admin");
+    let r = call(&admin2, "approve", json!({"approval_id": id})).await;
+    assert!(
+        error_text(&r).contains("already used"),
+        "{}",
+        error_text(&r)
+    );
+
+    // The project changes after the request: refused, nothing deleted.
+    let p3 = live_project(&admin1, "pdels", false).await;
+    let r = call(&admin1, "project_delete", json!({"project": p3})).await;
+    let id = structured(&r)["approval_id"].as_str().unwrap().to_string();
+    let r = call(
+        &admin1,
+        "env_set",
+        json!({"project": p3, "environment": "staging", "set": {"FEATURE": "on"}}),
+    )
+    .await;
+    structured(&r);
+    let r = call(&admin2, "approve", json!({"approval_id": id})).await;
+    assert!(
+        error_text(&r).contains("live state changed"),
+        "{}",
+        error_text(&r)
+    );
+    assert!(
+        exists(&admin1, &p3).await,
+        "a stale approval deletes nothing"
+    );
+    // After expiry: refused, nothing deleted.
+    let r = call(&admin1, "project_delete", json!({"project": p3})).await;
+    let id = structured(&r)["approval_id"].as_str().unwrap().to_string();
+    sqlx::query(
+        "UPDATE approvals SET expires_at = now() - interval '1 second' WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(&db().await)
+    .await
+    .unwrap();
+    let r = call(&admin2, "approve", json!({"approval_id": id})).await;
+    assert!(error_text(&r).contains("expired"), "{}", error_text(&r));
+    assert!(
+        exists(&admin1, &p3).await,
+        "an expired approval deletes nothing"
+    );
+    // Clean up through the tool itself.
+    let r = call(&admin1, "project_delete", json!({"project": p3})).await;
+    let id = structured(&r)["approval_id"].as_str().unwrap().to_string();
+    let r = call(&admin2, "approve", json!({"approval_id": id})).await;
+    assert_eq!(structured(&r)["status"], "executed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_restore_runs_only_after_approval_and_counts_rows() {
+    use sqlx::{Connection, Executor};
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let admin1 = server.client_with_key(&mint_key("default", "admin")).await;
+    let admin2 = server.client_with_key(&mint_key("default", "admin")).await;
+    let p = live_project(&admin1, "rst", false).await;
+    let names = codeb::model::StorageNames::new(&p, codeb::model::Environment::Staging).unwrap();
+    let url = {
+        let base = super::common::testbed().database_url();
+        format!("{}/{}", base.rsplit_once('/').unwrap().0, names.pg)
+    };
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    // Tables as the application makes them: owned by the project's role.
+    c.execute(format!("SET ROLE {}", names.pg).as_str())
+        .await
+        .unwrap();
+    c.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, body TEXT NOT NULL)")
+        .await
+        .unwrap();
+    c.execute("INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    let r = call(
+        &admin1,
+        "backup_create",
+        json!({"project": p, "environment": "staging"}),
+    )
+    .await;
+    let backup_id = structured(&r)["backup_id"].as_str().unwrap().to_string();
+    c.execute("DELETE FROM items WHERE id > 400").await.unwrap();
+    assert_eq!(count_items(&mut c).await, 400);
+
+    let args = json!({"project": p, "backup_id": backup_id});
+    let r = call(
+        &admin1,
+        "backup_restore",
+        json!({"project": p, "backup_id": backup_id, "dry_run": true}),
+    )
+    .await;
+    let plan = structured(&r).clone();
+    assert_eq!(plan["status"], "planned", "{plan}");
+    assert!(
+        plan["plan"]["details"].to_string().contains(&names.pg),
+        "{plan}"
+    );
+    let r = call(&admin1, "backup_restore", args.clone()).await;
+    let pending = structured(&r).clone();
+    assert_eq!(pending["status"], "pending_approval", "{pending}");
+    let id = pending["approval_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        count_items(&mut c).await,
+        400,
+        "nothing restored before approval"
+    );
+    let r = call(&admin1, "approve", json!({"approval_id": id})).await;
+    assert!(error_text(&r).contains("a different admin key"));
+    assert_eq!(
+        count_items(&mut c).await,
+        400,
+        "nothing restored by the requester"
+    );
+    let r = call(&admin2, "approve", json!({"approval_id": id})).await;
+    let done = structured(&r).clone();
+    assert_eq!(done["status"], "executed", "{done}");
+    assert_eq!(
+        count_items(&mut c).await,
+        1000,
+        "the backed-up rows are back"
+    );
+    let reported = done["outcome"].to_string();
+    assert!(
+        reported.contains("items") && reported.contains("1000"),
+        "row counts reported: {done}"
+    );
+    assert!(done["summary"].as_str().unwrap().contains("1000") || reported.contains("1000"));
+    // The application's role still owns and uses its table.
+    let owner: String =
+        sqlx::query_scalar("SELECT tableowner::text FROM pg_tables WHERE tablename = 'items'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+    assert_eq!(owner, names.pg);
+    c.execute("INSERT INTO items VALUES (5000, 'after restore')")
+        .await
+        .unwrap();
+    drop(c);
+    let r = call(&admin1, "project_delete", json!({"project": p})).await;
+    let id = structured(&r)["approval_id"].as_str().unwrap().to_string();
+    structured(&call(&admin2, "approve", json!({"approval_id": id})).await);
+}
+
+async fn count_items(c: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(c)
+        .await
+        .unwrap()
+}
