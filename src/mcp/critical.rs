@@ -510,6 +510,18 @@ impl CodebServer {
                 result.approval_id = Some(row.id.to_string());
                 respond(result)
             }
+            Err(e @ OpError::Busy { .. }) => {
+                // Nothing ran: the approval stays usable.
+                let _ = rows::approval_release(pool, row.id).await;
+                Err(if row.kind == rows::KIND_APPROVAL {
+                    format!(
+                        "{e}. Approval {} is still pending: approve it again once that operation has finished",
+                        row.id
+                    )
+                } else {
+                    format!("{e}. The confirmation is still valid: retry once that operation has finished")
+                })
+            }
             Err(e) => {
                 let status = if matches!(e, OpError::Refused(_)) {
                     "refused"

@@ -195,6 +195,21 @@ pub async fn approval_finish(
     Ok(())
 }
 
+/// Puts an approved request back to pending when its operation could not
+/// start (another operation held the lock): nothing ran, so the approval
+/// is not used up.
+pub async fn approval_release(pool: &PgPool, id: Uuid) -> Result<(), DbError> {
+    sqlx::query(
+        "UPDATE approvals SET status = 'pending', approved_by = NULL, approved_principal = NULL,
+                decided_at = NULL
+          WHERE id = $1 AND status = 'approved'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Marks the team's pending requests whose time ran out as expired.
 pub async fn approvals_expire(pool: &PgPool, team: &str) -> Result<u64, DbError> {
     let r = sqlx::query(
