@@ -15,7 +15,9 @@ pub mod observe;
 pub mod pdns;
 pub mod probe;
 pub mod project;
+pub mod project_delete;
 pub mod redact;
+pub mod restore;
 pub mod slots;
 pub mod storage;
 

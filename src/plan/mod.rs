@@ -14,5 +14,7 @@ pub mod files;
 pub mod health;
 pub mod podman;
 pub mod policy;
+pub mod project_delete;
+pub mod restore;
 pub mod storage;
 pub mod switch;

@@ -126,3 +126,14 @@ pub async fn backups_page(
     .fetch_all(pool)
     .await?)
 }
+
+/// The id of the project (row, not name) a backup belongs to: a project
+/// deleted and created again under its name is another project.
+pub async fn backup_project_id(pool: &PgPool, id: Uuid) -> Result<Option<i64>, DbError> {
+    Ok(
+        sqlx::query_scalar("SELECT project_id FROM backups WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}

@@ -9,6 +9,7 @@ pub mod deployments;
 pub mod domains;
 pub mod drift;
 pub mod envvars;
+pub mod project_removal;
 pub mod projects;
 pub mod slots;
 

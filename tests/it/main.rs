@@ -25,6 +25,8 @@ mod mcp_stdio;
 mod pdns;
 mod podman_cmds;
 mod policy;
+mod project_delete;
+mod restore;
 mod schemas;
 mod secrets;
 mod storage;
