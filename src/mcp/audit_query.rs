@@ -156,7 +156,7 @@ pub struct AuditQueryParams {
     /// Entries per page, 1-100 (default 20).
     #[serde(default)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// The previous page's `next_cursor`.
     #[serde(default)]
     pub cursor: Option<String>,
 }

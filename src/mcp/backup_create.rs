@@ -20,7 +20,7 @@ pub struct BackupCreateParams {
     pub project: String,
     /// Environment.
     pub environment: Environment,
-    /// Plan only; change nothing.
+    /// Plan only (dry run).
     #[serde(default)]
     pub dry_run: bool,
 }

@@ -55,7 +55,8 @@ fn compact_input(schema: &JsonObject) -> JsonObject {
 
 /// An optional parameter is shown as its plain type: leaving it out is how
 /// a caller says "none" (null is still accepted). `"default": null`, the
-/// null alternative, `"default": false` of flags and the `"minimum": 0` of
+/// null alternative, the `false`, `[]` and `{}` defaults of flags, lists and
+/// maps (what leaving them out means anyway) and the `"minimum": 0` of
 /// unsigned counts (their descriptions give the real range) go, and so does
 /// `additionalProperties: false`: the server refuses unknown parameters
 /// with a clear error either way (serde `deny_unknown_fields`).
@@ -75,9 +76,12 @@ fn optional_not_null(v: &mut Value) {
             continue;
         }
         let Value::Object(p) = prop else { continue };
-        if p.get("default")
-            .is_some_and(|d| d.is_null() || d == &Value::Bool(false))
-        {
+        if p.get("default").is_some_and(|d| {
+            d.is_null()
+                || d == &Value::Bool(false)
+                || d.as_array().is_some_and(Vec::is_empty)
+                || d.as_object().is_some_and(Map::is_empty)
+        }) {
             p.remove("default");
         }
         if p.get("minimum").is_some_and(|m| m == &Value::from(0)) {

@@ -102,6 +102,18 @@ pub(crate) struct CriticalCall {
     pub dry_run: bool,
 }
 
+/// The backup id of stored backup_restore arguments.
+fn backup_id(args: &serde_json::Value) -> Result<Uuid, OpError> {
+    args.get("backup_id")
+        .and_then(|v| v.as_str())
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| {
+            OpError::Invalid(
+                "backup_id is not a UUID; backup_list shows the project's backups".into(),
+            )
+        })
+}
+
 /// The live plan of a critical call.
 pub(crate) async fn plan_for(
     ctx: &Ctx,
@@ -112,6 +124,12 @@ pub(crate) async fn plan_for(
     match tool {
         "domain_delete" => {
             crate::ops::domain_delete::domain_delete_plan(ctx, s("project"), s("domain")).await
+        }
+        "project_delete" => {
+            crate::ops::project_delete::project_delete_plan(ctx, s("project")).await
+        }
+        "backup_restore" => {
+            crate::ops::restore::backup_restore_plan(ctx, s("project"), backup_id(args)?).await
         }
         other => Err(OpError::Invalid(format!("{other} is not a critical tool"))),
     }
@@ -140,6 +158,27 @@ pub(crate) async fn execute(
                     &ctx,
                     &s("project"),
                     &s("domain"),
+                    &approved_hash,
+                    &caller,
+                    progress,
+                )
+                .await?,
+            ),
+            "project_delete" => serde_json::to_value(
+                crate::ops::project_delete::project_delete(
+                    &ctx,
+                    &s("project"),
+                    &approved_hash,
+                    &caller,
+                    progress,
+                )
+                .await?,
+            ),
+            "backup_restore" => serde_json::to_value(
+                crate::ops::restore::backup_restore(
+                    &ctx,
+                    &s("project"),
+                    backup_id(&args)?,
                     &approved_hash,
                     &caller,
                     progress,
@@ -337,6 +376,9 @@ impl CodebServer {
                 )
                 .await
                 .map_err(|e| e.to_string())?;
+                if call.tool == "project_delete" {
+                    self.project_teams.forget(&plan.project);
+                }
                 respond(executed(Some(&plan), summary, outcome))
             }
             Channel::InputRequired => {
@@ -505,6 +547,9 @@ impl CodebServer {
         let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
         match r {
             Ok((summary, outcome)) => {
+                if row.tool == "project_delete" {
+                    self.project_teams.forget(&row.project);
+                }
                 let _ = rows::approval_finish(pool, row.id, "executed", None, Some(&outcome)).await;
                 let mut result = executed(plan, summary, outcome);
                 result.approval_id = Some(row.id.to_string());
@@ -536,15 +581,39 @@ impl CodebServer {
     }
 }
 
+/// Input of project_delete.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectDeleteParams {
+    /// Project name.
+    pub project: String,
+    /// Plan only (dry run).
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Input of backup_restore.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRestoreParams {
+    /// Project name.
+    pub project: String,
+    /// Backup id (backup_list).
+    pub backup_id: String,
+    /// Plan only (dry run).
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
 /// Input of domain_delete.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DomainDeleteParams {
     /// Project name.
     pub project: String,
-    /// The domain to take off the air.
+    /// Domain.
     pub domain: String,
-    /// Only plan; change nothing.
+    /// Plan only (dry run).
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -553,13 +622,13 @@ pub struct DomainDeleteParams {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalListParams {
-    /// Also decided ones (executed, refused, expired...).
+    /// Also decided ones.
     #[serde(default)]
     pub all: bool,
     /// Per page, 1-100 (default 20).
     #[serde(default)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// The previous page's `next_cursor`.
     #[serde(default)]
     pub cursor: Option<String>,
 }
@@ -606,16 +675,16 @@ pub struct ApprovalListResult {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveParams {
-    /// The approval id (approval_list).
+    /// Approval id (approval_list).
     pub approval_id: String,
-    /// Only check whether it could run now; change nothing.
+    /// Only check whether it could run now.
     #[serde(default)]
     pub dry_run: bool,
 }
 
 #[tool_router(router = critical_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Critical: delete a domain's route and A/AAAA records. Needs the user's confirmation or a second admin's approve; dry_run shows the plan.
+    /// Critical: remove a domain's route and A/AAAA records; confirmed by the user or a second admin (approve).
     #[tool(
         name = "domain_delete",
         title = "Delete a domain",
@@ -645,6 +714,79 @@ impl CodebServer {
                 tool: "domain_delete",
                 arguments: serde_json::json!({"project": p.project, "domain": domain}),
                 confirm_word: domain.clone(),
+                dry_run: p.dry_run,
+            },
+        )
+        .await
+    }
+
+    /// Critical: delete a project's containers, routes, domains, env, databases and Redis data (backups kept); confirmed by the user or a second admin.
+    #[tool(
+        name = "project_delete",
+        title = "Delete a project",
+        output_schema = rmcp::handler::server::common::schema_for_output::<CriticalResult>(),
+        annotations(
+            title = "Delete a project",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    pub async fn project_delete(
+        &self,
+        Parameters(p): Parameters<ProjectDeleteParams>,
+        RequestState(state): RequestState,
+        InputResponses(responses): InputResponses,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, String> {
+        crate::model::validate_project_name(&p.project).map_err(|e| e.0)?;
+        self.run_critical(
+            context,
+            state,
+            responses,
+            CriticalCall {
+                tool: "project_delete",
+                arguments: serde_json::json!({"project": p.project}),
+                confirm_word: p.project.clone(),
+                dry_run: p.dry_run,
+            },
+        )
+        .await
+    }
+
+    /// Critical: replace an environment's database with a backup and report row counts; confirmed by the user or a second admin.
+    #[tool(
+        name = "backup_restore",
+        title = "Restore a backup",
+        output_schema = rmcp::handler::server::common::schema_for_output::<CriticalResult>(),
+        annotations(
+            title = "Restore a backup",
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    pub async fn backup_restore(
+        &self,
+        Parameters(p): Parameters<BackupRestoreParams>,
+        RequestState(state): RequestState,
+        InputResponses(responses): InputResponses,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, String> {
+        crate::model::validate_project_name(&p.project).map_err(|e| e.0)?;
+        let id = Uuid::parse_str(p.backup_id.trim()).map_err(|_| {
+            "backup_id is not a UUID; backup_list shows the project's backups".to_string()
+        })?;
+        self.run_critical(
+            context,
+            state,
+            responses,
+            CriticalCall {
+                tool: "backup_restore",
+                arguments: serde_json::json!({"project": p.project, "backup_id": id.to_string()}),
+                confirm_word: p.project.clone(),
                 dry_run: p.dry_run,
             },
         )
@@ -735,7 +877,7 @@ impl CodebServer {
         }))
     }
 
-    /// Approve and run a pending critical operation of your team (another admin key than the requester's; once; before expiry; only if the live state still matches its plan).
+    /// Run a pending critical operation of your team: another admin key than the requester's, once, before expiry, while its plan still matches.
     #[tool(
         name = "approve",
         title = "Approve a critical operation",

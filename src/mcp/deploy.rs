@@ -22,7 +22,7 @@ pub struct DeployParams {
     pub environment: Environment,
     /// Image reference to run, e.g. `registry:5000/app:v2`.
     pub image: String,
-    /// Plan only; change nothing.
+    /// Plan only (dry run).
     #[serde(default)]
     pub dry_run: bool,
     /// E.g. a CI run id; repeating it returns the same deployment.
@@ -66,7 +66,7 @@ pub struct DeployResult {
 
 #[tool_router(router = deploy_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Deploy an image into the inactive slot (pull, run with the latest env version, health-gate, preview URL); live traffic moves only on promote; a failure cleans the slot. Production needs the image deployed healthy to staging first (admins: override_reason).
+    /// Deploy an image into the inactive slot (pull, run with the latest env, health-gate, preview URL); traffic moves only on promote. Production needs the image healthy in staging first.
     #[tool(
         name = "deploy",
         title = "Deploy an image",

@@ -19,7 +19,7 @@ pub struct DomainListParams {
     /// Domains per page, 1-100 (default 50).
     #[serde(default)]
     pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// The previous page's `next_cursor`.
     #[serde(default)]
     pub cursor: Option<String>,
 }

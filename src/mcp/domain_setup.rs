@@ -21,9 +21,9 @@ pub struct DomainSetupParams {
     pub project: String,
     /// production, staging or preview.
     pub environment: Environment,
-    /// Domain, e.g. `shop.example.com` (unicode as punycode `xn--`; no wildcards).
+    /// Domain, e.g. `shop.example.com` (punycode `xn--`, no wildcards).
     pub domain: String,
-    /// Only plan; change nothing.
+    /// Plan only (dry run).
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -59,7 +59,7 @@ pub struct DomainSetupResult {
 
 #[tool_router(router = domain_setup_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Point a domain at the app server (PowerDNS A/AAAA, checked over DNS) and route it to the environment's active slot (checked through Caddy). Moves with promote/rollback; undone on failure.
+    /// Point a domain at the app server (A/AAAA, checked over DNS) and route it to the environment's active slot (checked through Caddy); undone on failure.
     #[tool(
         name = "domain_setup",
         title = "Set up a domain",

@@ -47,7 +47,7 @@ pub struct DriftReportResult {
 
 #[tool_router(router = drift_report_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Compare codeb's records with what the servers run (containers, SRV routes, domain DNS records, env-file hashes, Caddy config); each difference once with expected, found and a fix.
+    /// Compare codeb's records with what the servers run (containers, routes, DNS, env files, Caddy config): each difference with expected, found and a fix.
     #[tool(
         name = "drift_report",
         title = "Report drift",

@@ -62,7 +62,7 @@ pub struct EnvSetParams {
     /// Variable names to remove.
     #[serde(default)]
     pub unset: Vec<String>,
-    /// Plan only; change nothing.
+    /// Plan only (dry run).
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -92,7 +92,7 @@ pub struct EnvSyncParams {
     pub project: String,
     /// Environment.
     pub environment: Environment,
-    /// Plan only; change nothing.
+    /// Plan only (dry run).
     #[serde(default)]
     pub dry_run: bool,
 }

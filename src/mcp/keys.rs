@@ -19,12 +19,22 @@ use crate::model::Role;
 use crate::ops::lifecycle::{Caller, OpError};
 use crate::state::api_keys;
 
-/// How long a project's team is remembered (projects never change team).
+/// How long a project's team is remembered. A project never changes team,
+/// but a deleted project's name may be taken by another team: this process
+/// forgets a name when it deletes the project; another codeb process
+/// sharing the database may keep the old team for up to this long.
 const TEAM_CACHE_TTL: Duration = Duration::from_secs(30);
 
 /// Project name -> (team, when looked up).
 #[derive(Default)]
 pub struct TeamCache(Mutex<HashMap<String, (String, Instant)>>);
+
+impl TeamCache {
+    /// Forgets a project's team (the project was deleted).
+    pub fn forget(&self, project: &str) {
+        self.0.lock().expect("team cache lock").remove(project);
+    }
+}
 
 /// Tools whose `project` only narrows a listing of the caller's own team's
 /// records — filtered by team in their queries — so that a project that
@@ -176,7 +186,7 @@ pub struct KeyCreateParams {
     /// Label to recognise the key by.
     #[serde(default)]
     pub label: Option<String>,
-    /// Expire after this many days (1-3650); never when omitted.
+    /// Days until it expires (1-3650); never when omitted.
     #[serde(default)]
     pub expires_in_days: Option<u32>,
 }

@@ -26,10 +26,10 @@ pub struct LogsParams {
     pub project: String,
     /// Environment.
     pub environment: Environment,
-    /// blue or green; the active slot (else the deployed one) when omitted.
+    /// Default: the active slot, else the deployed one.
     #[serde(default)]
     pub slot: Option<SlotName>,
-    /// Lines from the end, 1-1000 (default 100).
+    /// 1-1000 (default 100).
     #[serde(default)]
     pub lines: Option<u32>,
 }

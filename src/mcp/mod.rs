@@ -83,7 +83,7 @@ pub struct CodebServer {
     /// Shared key verification (HTTP middleware and key tools).
     verifier: Arc<KeyVerifier>,
     /// Project name -> owning team, briefly cached (team scoping).
-    project_teams: Arc<crate::mcp::keys::TeamCache>,
+    pub(crate) project_teams: Arc<crate::mcp::keys::TeamCache>,
 }
 
 impl CodebServer {

@@ -23,7 +23,7 @@ pub struct ProjectCreateParams {
     /// Project type: nextjs, node, static, python, go, rust or other (default node).
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
-    /// Plan only; change nothing.
+    /// Plan only (dry run).
     #[serde(default)]
     pub dry_run: bool,
 }

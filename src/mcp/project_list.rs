@@ -18,7 +18,7 @@ pub const PROJECT_LIST_MAX_LIMIT: u32 = 200;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectListParams {
-    /// `next_cursor` of the previous page.
+    /// The previous page's `next_cursor`.
     #[serde(default)]
     pub cursor: Option<String>,
     /// Projects per page, 1-200 (default 50).

@@ -21,7 +21,7 @@ pub struct PromoteParams {
     pub project: String,
     /// Environment.
     pub environment: Environment,
-    /// Plan only; change nothing.
+    /// Plan only (dry run).
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -127,7 +127,7 @@ pub(crate) fn switch_result(
 
 #[tool_router(router = promote_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Send traffic to the deployed slot: re-probe, switch routes atomically (previous slot as fallback), verify through Caddy, mark it active and the previous one grace. Undone if verification fails.
+    /// Send traffic to the deployed slot: re-probe, atomic route switch (previous slot as fallback) verified through Caddy; undone if that fails.
     #[tool(
         name = "promote",
         title = "Promote the deployed slot",

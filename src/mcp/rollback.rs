@@ -23,7 +23,7 @@ pub struct RollbackParams {
     /// Why (recorded).
     #[serde(default)]
     pub reason: Option<String>,
-    /// Plan only; change nothing.
+    /// Plan only (dry run).
     #[serde(default)]
     pub dry_run: bool,
 }

@@ -21,7 +21,7 @@ pub struct SlotCleanupParams {
     /// Only this environment.
     #[serde(default)]
     pub environment: Option<Environment>,
-    /// Plan only; change nothing.
+    /// Plan only (dry run).
     #[serde(default)]
     pub dry_run: bool,
 }

@@ -155,7 +155,7 @@ impl EnvKey {
             })?;
         let vars: BTreeMap<String, String> = serde_json::from_slice(&plaintext)
             .map_err(|_| format!("env v{} decrypted to malformed data", row.version))?;
-        redact::register_all(vars.values().map(String::as_str));
+        redact::register_env(&vars);
         Ok(vars)
     }
 
@@ -322,7 +322,7 @@ pub async fn set(
     // values.
     envvars::validate_change(change, &ctx.config.env.protected_keys, may_change_protected)
         .map_err(|e| OpError::Invalid(e.0))?;
-    redact::register_all(change.set.values().map(String::as_str));
+    redact::register_env(&change.set);
     let t = target(ctx, project, environment).await?;
     let key = key(ctx)?;
     let pool = ctx.db.pool().await?;
@@ -388,8 +388,8 @@ pub async fn init_protected(
     vars: &BTreeMap<String, String>,
     principal: &str,
 ) -> Result<i32, String> {
+    redact::register_env(vars);
     for (k, v) in vars {
-        redact::register(v);
         envvars::validate_key(k).map_err(|e| e.0)?;
         envvars::validate_value(k, v).map_err(|e| e.0)?;
     }

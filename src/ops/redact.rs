@@ -31,6 +31,24 @@ pub fn register(secret: &str) {
     register_all([secret]);
 }
 
+/// Words codeb prints in every message (environment names): an env value
+/// equal to one of them (`NODE_ENV=production`) is not masked, or no
+/// message would be readable.
+const NEVER_MASKED: [&str; 3] = ["production", "staging", "preview"];
+
+/// Env keys whose values are names codeb prints anyway (the database role,
+/// the Redis key prefix), not secrets.
+pub const NAME_KEYS: [&str; 2] = ["POSTGRES_USER", "REDIS_PREFIX"];
+
+/// Registers the values of env variables, except those of `NAME_KEYS`.
+pub fn register_env<'a>(vars: impl IntoIterator<Item = (&'a String, &'a String)>) {
+    register_all(
+        vars.into_iter()
+            .filter(|(k, _)| !NAME_KEYS.contains(&k.as_str()))
+            .map(|(_, v)| v.as_str()),
+    );
+}
+
 /// Registers several values at once (one rebuild of the matcher).
 pub fn register_all<'a>(secrets: impl IntoIterator<Item = &'a str>) {
     let fresh: Vec<&str> = {
@@ -38,6 +56,7 @@ pub fn register_all<'a>(secrets: impl IntoIterator<Item = &'a str>) {
         secrets
             .into_iter()
             .filter(|v| v.len() >= MIN_SECRET_LEN)
+            .filter(|v| !NEVER_MASKED.contains(v))
             .filter(|v| !s.known.as_ref().is_some_and(|k| k.contains(*v)))
             .collect()
     };

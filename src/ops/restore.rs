@@ -81,7 +81,8 @@ struct Planned {
     plan: CriticalPlan,
 }
 
-/// A backup of `project` by id, or NotFound (also for another project's).
+/// A backup of `project` by id; NotFound for a missing project, a refusal
+/// naming the backup for a missing one (also for another project's).
 async fn backup_of(
     ctx: &Ctx,
     project: &str,
@@ -94,12 +95,17 @@ async fn backup_of(
         .ok_or_else(|| OpError::NotFound(project.to_string()))?;
     // Another project's backup is as absent as a missing one — also one of
     // a deleted project that had this name.
+    let missing = || {
+        OpError::Refused(format!(
+            "backup {backup_id} not found for project {project}; backup_list shows its backups"
+        ))
+    };
     if state::backups::backup_project_id(pool, backup_id).await? != Some(live.id) {
-        return Err(OpError::NotFound(project.to_string()));
+        return Err(missing());
     }
     let b = state::backups::backup_by_id(pool, backup_id)
         .await?
-        .ok_or_else(|| OpError::NotFound(project.to_string()))?;
+        .ok_or_else(missing)?;
     Ok((live.id, b))
 }
 

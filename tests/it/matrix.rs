@@ -165,7 +165,7 @@ const TABLE: &[Row] = &[
     Row { tool: "domain_delete", role: "admin", names: Names::Project, own_succeeds: false,
           args: |s| json!({"project": s.project, "domain": NO_DOMAIN, "dry_run": true}) },
     Row { tool: "backup_restore", role: "admin", names: Names::Project, own_succeeds: false,
-          args: |s| json!({"project": s.project, "environment": "staging", "dry_run": true}) },
+          args: |s| json!({"project": s.project, "backup_id": "00000000-0000-4000-8000-0000000000b1", "dry_run": true}) },
     Row { tool: "project_delete", role: "admin", names: Names::Project, own_succeeds: false,
           args: |s| json!({"project": s.project, "dry_run": true}) },
     // Approvals: admin.
