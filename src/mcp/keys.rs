@@ -91,7 +91,7 @@ impl CodebServer {
         // team's projects only: their handlers pass the team to the queries.
         if let Some(project) = args.and_then(|a| a.get("project")).and_then(|v| v.as_str()) {
             if !PROJECT_FILTER_TOOLS.contains(&tool) {
-                self.check_project_team(&caller, project).await?;
+                self.check_project_team(&caller, project, tool).await?;
             }
         }
         if tool == "deployment_get" {
@@ -121,12 +121,24 @@ impl CodebServer {
     }
 
     /// Another team's project answers exactly like a missing one.
+    /// A create with another team's name can only fail (names are unique
+    /// across teams); it says the name is taken, which tells no more than
+    /// that failure does.
     async fn check_project_team(
         &self,
         caller: &Caller,
         project: &str,
+        tool: &str,
     ) -> Result<(), CallToolResult> {
-        self.project_visible(caller, project).await.map_err(denied)
+        self.project_visible(caller, project).await.map_err(|e| {
+            if tool == "project_create" && e.contains("not found") {
+                denied(format!(
+                    "project name {project:?} is taken; choose another name"
+                ))
+            } else {
+                denied(e)
+            }
+        })
     }
 
     /// Ok unless `project` is another team's; then (or when the team cannot

@@ -126,4 +126,22 @@ mod tests {
         let mut w = RedactingStderr;
         assert_eq!(w.write(b"canary-redact-1234\n").unwrap(), 19);
     }
+
+    #[test]
+    fn names_codeb_prints_are_not_masked() {
+        let vars: std::collections::BTreeMap<String, String> = [
+            ("POSTGRES_USER", "rolename_production"),
+            ("REDIS_PREFIX", "rolename:production:"),
+            ("NODE_ENV", "production"),
+            ("API_TOKEN", "canary-env-token-5678"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        register_env(&vars);
+        assert_eq!(
+            redact("role rolename_production, prefix rolename:production:, env production, token canary-env-token-5678"),
+            "role rolename_production, prefix rolename:production:, env production, token [redacted]"
+        );
+    }
 }

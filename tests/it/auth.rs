@@ -136,6 +136,12 @@ async fn roles_and_teams_are_enforced() {
     );
     let listed = call(&other, "project_list", json!({})).await;
     assert!(!structured(&listed).to_string().contains(&p));
+    // Creating it anyway fails, saying only that the name is taken.
+    let taken = error_text(&call(&other, "project_create", json!({"project": p})).await);
+    assert!(
+        taken.contains("is taken") && !taken.contains("default"),
+        "{taken}"
+    );
     super::common::delete_project(&pool, &p).await;
 }
 
