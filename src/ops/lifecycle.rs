@@ -286,6 +286,28 @@ impl<'a> Op<'a> {
         result.map_err(|e| e.to_string())
     }
 
+    /// Like `run_on` but a non-zero exit is an error naming the program,
+    /// the server and its (bounded) stderr.
+    pub(crate) async fn run_ok_on(
+        &self,
+        server: &Arc<dyn Remote>,
+        step: &str,
+        cmd: &RemoteCmd,
+    ) -> Result<CmdOutput, String> {
+        let out = self.run_on(server, step, cmd).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(format!(
+                "`{}` on {} exited with {}: {}",
+                cmd.program,
+                server.name(),
+                out.status.map_or("a signal".into(), |c| c.to_string()),
+                bounded(&out.stderr_tail())
+            ))
+        }
+    }
+
     /// Like `run` but a non-zero exit is an error naming stderr.
     async fn run_ok(&self, step: &str, cmd: &RemoteCmd) -> Result<CmdOutput, String> {
         let out = self.run(step, cmd).await?;

@@ -17,19 +17,17 @@
 //! and says exactly what was removed and what was not; the project stays
 //! registered, so a new project_delete (with a new plan) finishes the job.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{CmdOutput, Remote};
 use crate::model::{validate_project_name, Environment, ServerRole, SlotName};
 use crate::ops::critical::{stale_plan_message, CriticalPlan};
 use crate::ops::lifecycle::{begin_op, patch_routes, Caller, OpError, OpHandle, ProgressTx};
 use crate::ops::pdns::with_pdns;
 use crate::ops::{redact, Ctx};
-use crate::plan::cmd::RemoteCmd;
+
 use crate::plan::dns::zone_for;
 use crate::plan::envvars::{secret_prefix, APP_ENV_ROOT, BACKUP_ENV_ROOT};
 use crate::plan::podman;
@@ -373,28 +371,6 @@ async fn release(ops: Vec<OpHandle<'_>>, why: &str) {
     }
 }
 
-/// Runs `cmd` on `server` under `op` (journaled); a non-zero exit is an
-/// error naming the program and its stderr.
-async fn run_ok(
-    op: &OpHandle<'_>,
-    server: &Arc<dyn Remote>,
-    step: &str,
-    cmd: &RemoteCmd,
-) -> Result<CmdOutput, String> {
-    let out = op.run_on(server, step, cmd).await?;
-    if out.success() {
-        Ok(out)
-    } else {
-        Err(format!(
-            "`{}` on {} exited with {}: {}",
-            cmd.program,
-            server.name(),
-            out.status.map_or("a signal".into(), |c| c.to_string()),
-            out.stderr_tail()
-        ))
-    }
-}
-
 /// Every container of the project — the six slot names and any other
 /// container carrying its label — and their env secrets.
 async fn remove_containers(
@@ -406,7 +382,7 @@ async fn remove_containers(
     let app = op.server(ServerRole::App)?;
     let ps = podman::ps(Some(project)).map_err(|e| e.0)?;
     let listed = podman::parse_ps(
-        &run_ok(op, &app, "list_containers", &ps)
+        &op.run_ok_on(&app, "list_containers", &ps)
             .await?
             .stdout_text(),
     )?;
@@ -426,7 +402,7 @@ async fn remove_containers(
     names.dedup();
     for name in &names {
         let cmd = podman::rm_force(name).map_err(|e| e.0)?;
-        run_ok(op, &app, "remove_container", &cmd).await?;
+        op.run_ok_on(&app, "remove_container", &cmd).await?;
         if existing.contains(name) {
             removed.containers.push(name.clone());
         }
@@ -434,7 +410,9 @@ async fn remove_containers(
     if !removed.containers.is_empty() {
         removed.note(format!("containers {}", removed.containers.join(", ")));
     }
-    let secrets_out = run_ok(op, &app, "list_secrets", &podman::secret_names()).await?;
+    let secrets_out = op
+        .run_ok_on(&app, "list_secrets", &podman::secret_names())
+        .await?;
     let prefixes: Vec<String> = names.iter().map(|n| secret_prefix(n)).collect();
     let secrets: Vec<String> = secrets_out
         .stdout_text()
@@ -445,7 +423,7 @@ async fn remove_containers(
         .collect();
     if !secrets.is_empty() {
         let cmd = podman::secret_rm(&secrets).map_err(|e| e.0)?;
-        run_ok(op, &app, "remove_secrets", &cmd).await?;
+        op.run_ok_on(&app, "remove_secrets", &cmd).await?;
         removed.note(format!("{} podman secret(s)", secrets.len()));
         removed.secrets = secrets;
     }
@@ -570,7 +548,7 @@ async fn remove_env_files(
     ] {
         let server = op.server(role)?;
         let cmd = plan::remove_env_dir(root, project).map_err(|e| e.0)?;
-        run_ok(op, &server, step, &cmd).await?;
+        op.run_ok_on(&server, step, &cmd).await?;
         let dir = plan::env_dir(root, project).map_err(|e| e.0)?;
         let entry = format!("{}:{dir}", server.name());
         removed.note(format!("env files {entry}"));
@@ -629,7 +607,7 @@ async fn remove_redis_keys(
     for _ in 0..plan::REDIS_UNLINK_MAX_CALLS {
         let line = plan::redis_unlink_line(project, &cursor).map_err(|e| e.0)?;
         let cmd = redis_cli_session(ctx.config.storage.redis_port, admin.as_deref(), &[line]);
-        let out = run_ok(op, &storage, "delete_redis_keys", &cmd).await?;
+        let out = op.run_ok_on(&storage, "delete_redis_keys", &cmd).await?;
         let mut replies = parse_redis_replies(&out.stdout_text());
         if admin.is_some() {
             if replies.is_empty() || !replies[0].is_ok() {

@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::exec::{CmdOutput, ExecError, Remote, StreamExit};
+use crate::exec::{ExecError, Remote, StreamExit};
 use crate::model::{validate_project_name, Environment, ServerRole, StorageNames};
 use crate::ops::backup::human_bytes;
 use crate::ops::critical::{stale_plan_message, CriticalPlan};
@@ -361,27 +361,6 @@ fn unchanged(step: &'static str, message: String) -> Failure {
     }
 }
 
-/// Runs `cmd` on `server` under `op` (journaled); a non-zero exit is an error.
-async fn run_ok(
-    op: &OpHandle<'_>,
-    server: &Arc<dyn Remote>,
-    step: &str,
-    cmd: &RemoteCmd,
-) -> Result<CmdOutput, String> {
-    let out = op.run_on(server, step, cmd).await?;
-    if out.success() {
-        Ok(out)
-    } else {
-        Err(format!(
-            "`{}` on {} exited with {}: {}",
-            cmd.program,
-            server.name(),
-            out.status.map_or("a signal".into(), |c| c.to_string()),
-            bounded(&out.stderr_tail())
-        ))
-    }
-}
-
 async fn restore(
     op: &mut OpHandle<'_>,
     p: &Planned,
@@ -403,14 +382,14 @@ async fn restore(
             backup.name()
         ))
     };
-    let out = run_ok(
-        op,
-        &backup,
-        "check_sha256",
-        &sha256_of(&p.path).map_err(invalid)?,
-    )
-    .await
-    .map_err(|e| refuse_file(format!("cannot be read ({e})")))?;
+    let out = op
+        .run_ok_on(
+            &backup,
+            "check_sha256",
+            &sha256_of(&p.path).map_err(invalid)?,
+        )
+        .await
+        .map_err(|e| refuse_file(format!("cannot be read ({e})")))?;
     let sha = parse_sha256sum(&out.stdout_text())
         .ok_or_else(|| refuse_file("gave an unreadable sha256sum answer".into()))?;
     if sha != p.sha256 {
@@ -419,14 +398,10 @@ async fn restore(
             p.sha256
         )));
     }
-    let out = run_ok(
-        op,
-        &backup,
-        "check_size",
-        &size_of(&p.path).map_err(invalid)?,
-    )
-    .await
-    .map_err(|e| refuse_file(format!("cannot be read ({e})")))?;
+    let out = op
+        .run_ok_on(&backup, "check_size", &size_of(&p.path).map_err(invalid)?)
+        .await
+        .map_err(|e| refuse_file(format!("cannot be read ({e})")))?;
     if parse_size(&out.stdout_text()) != Some(p.size) {
         return Err(refuse_file(format!(
             "has {} bytes, but the backup recorded {}",
@@ -454,7 +429,7 @@ async fn restore(
     op.phase(format!("counting the rows of {}", p.database));
     let counted = async {
         let cmd = plan::row_counts(storage_cfg, &p.database).map_err(|e| e.0)?;
-        let out = run_ok(op, &storage, "row_counts", &cmd).await?;
+        let out = op.run_ok_on(&storage, "row_counts", &cmd).await?;
         plan::parse_row_counts(&out.stdout_text())
     }
     .await
