@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::PgPool;
 
 use super::DbError;
 
@@ -36,12 +36,14 @@ pub struct AuditRecord {
     pub duration_ms: i32,
 }
 
-/// Rows per INSERT statement: 12 parameters a row stays far below
-/// PostgreSQL's 65,535 bind parameters.
+/// Rows per INSERT statement (one statement per chunk, all in one
+/// transaction).
 pub const AUDIT_INSERT_MAX_ROWS: usize = 1000;
 
-/// Inserts `rows` with one multi-row INSERT per `AUDIT_INSERT_MAX_ROWS`, all
-/// in one transaction; returns how many were written.
+/// Inserts `rows`, all in one transaction; returns how many were written.
+/// One statement whatever the batch size: the columns go as 12 arrays
+/// through `UNNEST`, so PostgreSQL parses and plans it once per connection
+/// (a `VALUES` list of N rows would be a new statement for every N).
 pub async fn audit_insert_batch(pool: &PgPool, rows: &[AuditRecord]) -> Result<u64, DbError> {
     if rows.is_empty() {
         return Ok(0);
@@ -49,25 +51,35 @@ pub async fn audit_insert_batch(pool: &PgPool, rows: &[AuditRecord]) -> Result<u
     let mut tx = pool.begin().await?;
     let mut written = 0;
     for chunk in rows.chunks(AUDIT_INSERT_MAX_ROWS) {
-        let mut q: QueryBuilder<Postgres> = QueryBuilder::new(
+        let col = |f: fn(&AuditRecord) -> String| chunk.iter().map(f).collect::<Vec<_>>();
+        let opt = |f: fn(&AuditRecord) -> Option<String>| chunk.iter().map(f).collect::<Vec<_>>();
+        let r = sqlx::query(
             "INSERT INTO audit_log (at, tool, arguments, principal, team_id, role, \
-             client_name, client_version, project, outcome, error, duration_ms) ",
-        );
-        q.push_values(chunk, |mut b, r| {
-            b.push_bind(r.at)
-                .push_bind(&r.tool)
-                .push_bind(&r.arguments)
-                .push_bind(&r.principal)
-                .push_bind(&r.team)
-                .push_bind(&r.role)
-                .push_bind(&r.client_name)
-                .push_bind(&r.client_version)
-                .push_bind(&r.project)
-                .push_bind(r.outcome)
-                .push_bind(&r.error)
-                .push_bind(r.duration_ms);
-        });
-        written += q.build().execute(&mut *tx).await?.rows_affected();
+             client_name, client_version, project, outcome, error, duration_ms) \
+             SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::jsonb[], $4::text[], \
+             $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+             $11::text[], $12::int4[])",
+        )
+        .bind(chunk.iter().map(|r| r.at).collect::<Vec<_>>())
+        .bind(col(|r| r.tool.clone()))
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.arguments.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(col(|r| r.principal.clone()))
+        .bind(col(|r| r.team.clone()))
+        .bind(col(|r| r.role.clone()))
+        .bind(opt(|r| r.client_name.clone()))
+        .bind(opt(|r| r.client_version.clone()))
+        .bind(opt(|r| r.project.clone()))
+        .bind(chunk.iter().map(|r| r.outcome).collect::<Vec<_>>())
+        .bind(opt(|r| r.error.clone()))
+        .bind(chunk.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        written += r.rows_affected();
     }
     tx.commit().await?;
     Ok(written)
