@@ -282,6 +282,39 @@ async fn approvals_of_a_changed_state_or_past_expiry_are_refused() {
     cleanup(&p, &d).await;
 }
 
+/// Two admins approving the same request at the same moment: it runs once.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_approvals_run_the_operation_once() {
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let admin1 = server.client_with_key(&mint_key("default", "admin")).await;
+    let admin2 = server.client_with_key(&mint_key("default", "admin")).await;
+    let admin3 = server.client_with_key(&mint_key("default", "admin")).await;
+    let (p, d) = project_with_domain(&admin1, "critc").await;
+    let r = call(&admin1, "domain_delete", json!({"project": p, "domain": d})).await;
+    let id = structured(&r)["approval_id"].as_str().unwrap().to_string();
+    let (a, b) = tokio::join!(
+        call(&admin2, "approve", json!({"approval_id": id})),
+        call(&admin3, "approve", json!({"approval_id": id})),
+    );
+    let ran = [&a, &b].iter().filter(|r| r.is_error != Some(true)).count();
+    assert_eq!(ran, 1, "exactly one approval runs: {a:?} {b:?}");
+    let refused = if a.is_error == Some(true) { &a } else { &b };
+    let text = error_text(refused);
+    assert!(text.contains("used"), "{text}");
+    let ops: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM deployments d JOIN projects p ON p.id = d.project_id
+          WHERE p.name = $1 AND d.operation = 'domain_delete'",
+    )
+    .bind(&p)
+    .fetch_one(&db().await)
+    .await
+    .unwrap();
+    assert_eq!(ops, 1, "one domain_delete operation");
+    assert!(dig_a(&d).await.is_empty());
+    cleanup(&p, &d).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn elicitation_capable_clients_ask_the_human() {
     let _guard = FAULT_LOCK.read().await;
