@@ -202,3 +202,29 @@ fn stdio_ten_megabyte_argument_is_refused_and_serving_continues() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+/// The scripts that mint keys (`tools/up`, `tools/conformance`) pass labels
+/// the key validator accepts: a refused label would break the README's
+/// first command, which no other test runs end to end.
+#[test]
+fn key_labels_in_scripts_are_valid() {
+    let mut labels = Vec::new();
+    for script in ["tools/up", "tools/conformance"] {
+        let text = std::fs::read_to_string(super::common::repo().join(script)).unwrap();
+        for part in text.split("--label ").skip(1) {
+            let label: String = part
+                .trim_start_matches('"')
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '"' && *c != ')')
+                .collect();
+            labels.push((script, label));
+        }
+    }
+    assert!(labels.len() >= 2, "labels found: {labels:?}");
+    for (script, label) in labels {
+        assert!(
+            codeb::mcp::keys::validate_label(&label).is_ok(),
+            "{script}: label {label:?} would be refused"
+        );
+    }
+}
