@@ -99,6 +99,12 @@ pub fn unique_project(prefix: &str) -> String {
 
 /// An MCP client over stdio to a fresh `codeb serve`.
 pub async fn stdio_client() -> RunningService<RoleClient, ()> {
+    stdio_client_as(()).await
+}
+
+/// An MCP client over stdio to a fresh `codeb serve`, answering the
+/// server's requests (elicitation) with `handler`.
+pub async fn stdio_client_as<H: rmcp::ClientHandler>(handler: H) -> RunningService<RoleClient, H> {
     use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
     use rmcp::ServiceExt;
     let config = testbed().config.clone();
@@ -110,7 +116,7 @@ pub async fn stdio_client() -> RunningService<RoleClient, ()> {
                 .env("CODEB_LOG", "warn");
         }))
         .expect("spawn codeb serve");
-    ().serve(transport).await.expect("stdio initialize")
+    handler.serve(transport).await.expect("stdio initialize")
 }
 
 /// A running `codeb serve --http 127.0.0.1:0`; killed on drop.

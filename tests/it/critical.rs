@@ -355,6 +355,30 @@ async fn elicitation_capable_clients_ask_the_human() {
     cleanup(&p, &d).await;
 }
 
+/// Over stdio (how Claude Code usually runs codeb) the local operator's
+/// client is asked the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_clients_ask_the_human_too() {
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let admin = server.client_with_key(&mint_key("default", "admin")).await;
+    let (p, d) = project_with_domain(&admin, "critio").await;
+    let args = json!({"project": p, "domain": d});
+    let human = Human::typing(None);
+    let client = super::common::stdio_client_as(human.clone()).await;
+    let r = call(&client, "domain_delete", args.clone()).await;
+    assert_eq!(structured(&r)["status"], "declined");
+    assert_eq!(human.shown.lock().unwrap().len(), 1);
+    assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed");
+    client.cancel().await.unwrap();
+    let client = super::common::stdio_client_as(Human::typing(Some(&d))).await;
+    let r = call(&client, "domain_delete", args).await;
+    assert_eq!(structured(&r)["status"], "executed");
+    assert!(dig_a(&d).await.is_empty(), "A record gone");
+    client.cancel().await.unwrap();
+    cleanup(&p, &d).await;
+}
+
 /// A 2026-07-28 `tools/call` of `tool` over plain HTTP, declaring
 /// elicitation, optionally answering an earlier input-required result.
 async fn call_2026(
