@@ -36,6 +36,7 @@ struct Call {
     tool: String,
     arguments: serde_json::Value,
     project: Option<String>,
+    environment: Option<String>,
     caller: Caller,
     client_name: Option<String>,
     client_version: Option<String>,
@@ -57,6 +58,10 @@ impl CallAudit {
             .and_then(|a| a.get("project"))
             .and_then(|p| p.as_str())
             .map(|p| sanitize_text(p, AUDIT_NAME_MAX_BYTES));
+        let environment = args
+            .and_then(|a| a.get("environment"))
+            .and_then(|p| p.as_str())
+            .map(|p| sanitize_text(p, AUDIT_NAME_MAX_BYTES));
         // Legacy sessions: the initialize request's clientInfo; 2026-07-28
         // stateless requests: `_meta` "io.modelcontextprotocol/clientInfo".
         let client = context.client_info();
@@ -66,6 +71,7 @@ impl CallAudit {
             arguments: sanitize_arguments(&tool, args),
             tool,
             project,
+            environment,
             caller,
             client_name: client
                 .as_ref()
@@ -121,6 +127,8 @@ impl CallAudit {
             client_name: c.client_name,
             client_version: c.client_version,
             project: c.project,
+            environment: c.environment,
+            request_id: Some(c.request_id),
             outcome: outcome.as_str(),
             error: error.map(|e| sanitize_text(e, AUDIT_ERROR_MAX_BYTES)),
             duration_ms,
@@ -184,6 +192,10 @@ pub struct AuditEntry {
     pub client_version: Option<String>,
     /// Project argument.
     pub project: Option<String>,
+    /// Environment argument.
+    pub environment: Option<String>,
+    /// JSON-RPC request id of the call.
+    pub request_id: Option<String>,
     /// Arguments, secrets redacted, bounded.
     pub arguments: serde_json::Value,
     /// Error text, redacted, bounded.
@@ -204,6 +216,8 @@ fn entry(r: AuditRow) -> AuditEntry {
         client_name: r.client_name,
         client_version: r.client_version,
         project: r.project,
+        environment: r.environment,
+        request_id: r.request_id,
         arguments: r.arguments,
         error: r.error,
         duration_ms: r.duration_ms,

@@ -407,6 +407,8 @@ fn log_unwritten(row: &AuditRecord, why: &str) {
         "client_name": row.client_name,
         "client_version": row.client_version,
         "project": row.project,
+        "environment": row.environment,
+        "request_id": row.request_id,
         "outcome": row.outcome,
         "error": row.error,
         "duration_ms": row.duration_ms,

@@ -28,6 +28,10 @@ pub struct AuditRecord {
     pub client_version: Option<String>,
     /// The `project` argument, when there was one.
     pub project: Option<String>,
+    /// The `environment` argument, when there was one.
+    pub environment: Option<String>,
+    /// The JSON-RPC request id.
+    pub request_id: Option<String>,
     /// `ok`, `tool_error`, `denied` or `protocol_error` (constraint `audit_log_outcome`).
     pub outcome: &'static str,
     /// Redacted, bounded error text.
@@ -55,10 +59,11 @@ pub async fn audit_insert_batch(pool: &PgPool, rows: &[AuditRecord]) -> Result<u
         let opt = |f: fn(&AuditRecord) -> Option<String>| chunk.iter().map(f).collect::<Vec<_>>();
         let r = sqlx::query(
             "INSERT INTO audit_log (at, tool, arguments, principal, team_id, role, \
-             client_name, client_version, project, outcome, error, duration_ms) \
+             client_name, client_version, project, outcome, error, duration_ms, \
+             environment, request_id) \
              SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::jsonb[], $4::text[], \
              $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
-             $11::text[], $12::int4[])",
+             $11::text[], $12::int4[], $13::text[], $14::text[])",
         )
         .bind(chunk.iter().map(|r| r.at).collect::<Vec<_>>())
         .bind(col(|r| r.tool.clone()))
@@ -77,6 +82,8 @@ pub async fn audit_insert_batch(pool: &PgPool, rows: &[AuditRecord]) -> Result<u
         .bind(chunk.iter().map(|r| r.outcome).collect::<Vec<_>>())
         .bind(opt(|r| r.error.clone()))
         .bind(chunk.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
+        .bind(opt(|r| r.environment.clone()))
+        .bind(opt(|r| r.request_id.clone()))
         .execute(&mut *tx)
         .await?;
         written += r.rows_affected();
@@ -108,6 +115,10 @@ pub struct AuditRow {
     pub client_version: Option<String>,
     /// Project argument.
     pub project: Option<String>,
+    /// Environment argument.
+    pub environment: Option<String>,
+    /// JSON-RPC request id.
+    pub request_id: Option<String>,
     /// Outcome.
     pub outcome: String,
     /// Redacted error text.
@@ -141,7 +152,7 @@ pub async fn audit_page(
 ) -> Result<Vec<AuditRow>, DbError> {
     Ok(sqlx::query_as(
         "SELECT id, at, tool, arguments, principal, team_id, role, client_name, client_version,
-                project, outcome, error, duration_ms
+                project, environment, request_id, outcome, error, duration_ms
            FROM audit_log a
           WHERE ($1::text IS NULL OR a.team_id = $1)
             AND ($2::text IS NULL OR a.project = $2)

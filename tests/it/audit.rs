@@ -137,7 +137,12 @@ async fn sequence_is_audited_once(client: &Client, transport: &str) {
     let p = unique_project("audit");
     let r = call_ok(client, "deployment_list", json!({"project": p})).await;
     structured(&r);
-    let r = call_ok(client, "slot_status", json!({"project": p})).await;
+    let r = call_ok(
+        client,
+        "slot_status",
+        json!({"project": p, "environment": "staging"}),
+    )
+    .await;
     assert!(error_text(&r).contains("not found"), "{transport}");
     let r = call_ok(client, "slot_status", json!({"project": p, "extra": 1})).await;
     assert!(error_text(&r).contains("unknown field"), "{transport}");
@@ -183,6 +188,27 @@ async fn sequence_is_audited_once(client: &Client, transport: &str) {
         assert_eq!(e["arguments"]["project"], json!(p), "{e}");
         assert!(e["duration_ms"].as_i64().unwrap() >= 0, "{e}");
     }
+    // The environment argument and the JSON-RPC request id have columns.
+    for e in &entries {
+        assert_eq!(e["environment"], e["arguments"]["environment"], "{e}");
+    }
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["environment"] == json!("staging"))
+            .count(),
+        1,
+        "{entries:?}"
+    );
+    let ids: std::collections::BTreeSet<&str> = entries
+        .iter()
+        .map(|e| e["request_id"].as_str().expect("request id"))
+        .collect();
+    assert_eq!(
+        ids.len(),
+        entries.len(),
+        "one request id per call: {entries:?}"
+    );
     assert!(
         entries[1]["error"]
             .as_str()
@@ -612,6 +638,8 @@ async fn writer_batches_rows_into_the_table(pool: sqlx::PgPool) {
         client_name: Some("t".into()),
         client_version: None,
         project: Some("shop".into()),
+        environment: Some("staging".into()),
+        request_id: Some(i.to_string()),
         outcome: "ok",
         error: None,
         duration_ms: 1,
