@@ -357,12 +357,18 @@ impl CodebServer {
                         confirmation_request(&plan, &call.confirm_word),
                         Some(ELICIT_TIMEOUT),
                     )
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "asking the user to confirm failed ({e}); nothing was changed. Call again, or call without elicitation support to get an approval for a second admin"
-                        )
-                    })?;
+                    .await;
+                let answer = match answer {
+                    Ok(a) => a,
+                    // The client could not ask (no answer in time, or it
+                    // failed the request): a second admin decides instead.
+                    Err(e) => {
+                        let why = format!("the client could not ask the user ({e})");
+                        return self
+                            .request_approval(&caller, &call, &plan, Some(why))
+                            .await;
+                    }
+                };
                 if !judge(&answer.action, answer.content.as_ref(), &call.confirm_word)? {
                     return respond(declined(&plan));
                 }
@@ -414,44 +420,56 @@ impl CodebServer {
                     Some(row.id.to_string()),
                 )))
             }
-            Channel::Approval => {
-                let ttl = Duration::from_secs(ctx.config.auth.approval_ttl_secs);
-                let row = rows::approval_insert(
-                    pool,
-                    &NewApproval {
-                        id: Uuid::new_v4(),
-                        kind: rows::KIND_APPROVAL,
-                        team: &caller.team,
-                        tool: call.tool,
-                        project: &plan.project,
-                        arguments: &call.arguments,
-                        plan_hash: &plan.hash(),
-                        summary: &plan.summary,
-                        plan: &plan.details,
-                        requested_by: caller.key_id,
-                        requested_principal: &caller.principal,
-                        ttl,
-                    },
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                tracing::info!(approval = %row.id, tool = call.tool, project = %plan.project, by = %caller.principal, "approval requested");
-                respond(CriticalResult {
-                    summary: format!(
-                        "not done yet: {} needs approval by a different admin key of team {} — they call approve with approval_id {} before {}. Nothing was changed",
-                        call.tool,
-                        caller.team,
-                        row.id,
-                        row.expires_at.to_rfc3339()
-                    ),
-                    status: "pending_approval".into(),
-                    plan: Some(PlanView::from(&plan)),
-                    approval_id: Some(row.id.to_string()),
-                    expires_at: Some(row.expires_at.to_rfc3339()),
-                    outcome: None,
-                })
-            }
+            Channel::Approval => self.request_approval(&caller, &call, &plan, None).await,
         }
+    }
+
+    /// Records a pending approval for a second admin key and says so.
+    async fn request_approval(
+        &self,
+        caller: &Caller,
+        call: &CriticalCall,
+        plan: &CriticalPlan,
+        why: Option<String>,
+    ) -> Result<CallToolResponse, String> {
+        let ctx = self.ctx();
+        let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
+        let ttl = Duration::from_secs(ctx.config.auth.approval_ttl_secs);
+        let row = rows::approval_insert(
+            pool,
+            &NewApproval {
+                id: Uuid::new_v4(),
+                kind: rows::KIND_APPROVAL,
+                team: &caller.team,
+                tool: call.tool,
+                project: &plan.project,
+                arguments: &call.arguments,
+                plan_hash: &plan.hash(),
+                summary: &plan.summary,
+                plan: &plan.details,
+                requested_by: caller.key_id,
+                requested_principal: &caller.principal,
+                ttl,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        tracing::info!(approval = %row.id, tool = call.tool, project = %plan.project, by = %caller.principal, "approval requested");
+        respond(CriticalResult {
+            summary: format!(
+                "{}not done yet: {} needs approval by a different admin key of team {} — they call approve with approval_id {} before {}. Nothing was changed",
+                why.map(|w| format!("{w}; ")).unwrap_or_default(),
+                call.tool,
+                caller.team,
+                row.id,
+                row.expires_at.to_rfc3339()
+            ),
+            status: "pending_approval".into(),
+            plan: Some(PlanView::from(plan)),
+            approval_id: Some(row.id.to_string()),
+            expires_at: Some(row.expires_at.to_rfc3339()),
+            outcome: None,
+        })
     }
 
     /// The second round of an input-required confirmation.

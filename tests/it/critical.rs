@@ -63,6 +63,28 @@ impl rmcp::ClientHandler for Human {
     }
 }
 
+/// A client that declares elicitation but fails every request for it
+/// (no UI to show the form).
+#[derive(Clone)]
+struct NoUi;
+
+impl rmcp::ClientHandler for NoUi {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::builder().enable_elicitation().build(),
+            Implementation::new("no-ui-test", "1"),
+        )
+    }
+
+    async fn create_elicitation(
+        &self,
+        _request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        Err(ErrorData::internal_error("no user interface here", None))
+    }
+}
+
 type Client = RunningService<RoleClient, ()>;
 
 fn app_address() -> String {
@@ -343,6 +365,20 @@ async fn elicitation_capable_clients_ask_the_human() {
         .await;
     let r = call(&client, "domain_delete", args.clone()).await;
     assert!(error_text(&r).contains("was not"), "{}", error_text(&r));
+    assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed");
+    client.cancel().await.unwrap();
+    // A client that cannot ask: a pending approval instead, nothing changed.
+    let client = server.client_as(&key, NoUi).await;
+    let r = call(&client, "domain_delete", args.clone()).await;
+    let pending = structured(&r).clone();
+    assert_eq!(pending["status"], "pending_approval", "{pending}");
+    assert!(
+        pending["summary"]
+            .as_str()
+            .unwrap()
+            .contains("could not ask the user"),
+        "{pending}"
+    );
     assert_eq!(dig_a(&d).await, vec![app_address()], "nothing changed");
     client.cancel().await.unwrap();
     // Accepted with the name: done at once, no approval needed.
