@@ -205,6 +205,17 @@ impl PdnsClient {
         Ok(found)
     }
 
+    /// The absolute names of the zone's rrsets, sorted and deduplicated.
+    pub async fn rrset_names(&self, zone: &str) -> Result<Vec<String>, PdnsError> {
+        let zone = absolute_name(zone);
+        let url = self.url(&["zones", &zone])?;
+        let doc = self.zone_doc(url, &zone).await?;
+        let mut names: Vec<String> = doc.rrsets.iter().map(|r| absolute_name(&r.name)).collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     /// All SRV rrsets in the zone, sorted by name: (absolute name, enabled
     /// targets) — for drift reports and observation.
     pub async fn srv_rrsets(&self, zone: &str) -> Result<Vec<(String, Vec<SrvTarget>)>, PdnsError> {

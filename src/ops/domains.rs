@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::exec::dns::query_addresses;
+use crate::exec::pdns::PdnsError;
 use crate::model::{normalize_domain, validate_project_name, Environment, SlotName, SlotState};
 use crate::ops::lifecycle::{
     begin_op, patch_routes, verify_through_caddy, Caller, OpError, OpHandle, ProgressTx,
@@ -357,15 +358,21 @@ async fn apply(
             async move { cl.create_zone(&body).await }
         })
         .await;
+        // 409: another setup (of another domain in the same managed zone)
+        // created it a moment ago; it is there, and it is not ours to undo.
+        let raced = matches!(&r, Err(PdnsError::Api { status: 409, .. }));
         let note = match &r {
             Ok(()) => format!("POST zones: created {zone}"),
+            Err(_) if raced => format!("POST zones: {zone} was created meanwhile by another setup"),
             Err(e) => format!("POST zones: creating {zone} failed: {e}"),
         };
         op.journal_note("zone_create", &note, started.elapsed())
             .await;
-        r.map_err(|e| ("zone_create".to_string(), e.to_string()))?;
-        undo.zone_created = Some(zone.clone());
-        done.push(format!("created zone {zone}"));
+        if !raced {
+            r.map_err(|e| ("zone_create".to_string(), e.to_string()))?;
+            undo.zone_created = Some(zone.clone());
+            done.push(format!("created zone {zone}"));
+        }
     }
     // 3. The address records, remembering what was there.
     op.phase(format!("setting the address records of {domain}"));
@@ -575,13 +582,36 @@ async fn revert(op: &OpHandle<'_>, c: &Checked, undo: Undo) -> String {
     }
     if let Some(zone) = undo.zone_created {
         let started = Instant::now();
+        // Another setup may have put its domain into the new zone
+        // meanwhile: then the zone stays (only this domain's records go).
+        let (apex, own) = (
+            crate::plan::dns::absolute_name(&zone),
+            crate::plan::dns::absolute_name(&c.domain),
+        );
         let r = with_pdns(ctx, |cl| {
-            let z = zone.clone();
-            async move { cl.delete_zone(&z).await }
+            let (z, apex, own) = (zone.clone(), apex.clone(), own.clone());
+            async move {
+                let shared = cl
+                    .rrset_names(&z)
+                    .await?
+                    .iter()
+                    .any(|n| *n != apex && *n != own);
+                if shared {
+                    cl.patch_rrsets(&z, &address_restore_body(&own, None, None))
+                        .await?;
+                } else {
+                    cl.delete_zone(&z).await?;
+                }
+                Ok(shared)
+            }
         })
         .await;
         let note = match &r {
-            Ok(()) => format!("zone {zone} deleted"),
+            Ok(false) => format!("zone {zone} deleted"),
+            Ok(true) => format!(
+                "zone {zone} kept (another domain was set up in it meanwhile); {} removed from it",
+                c.domain
+            ),
             Err(e) => format!("deleting zone {zone} FAILED ({e})"),
         };
         op.journal_note("revert_zone", &note, started.elapsed())

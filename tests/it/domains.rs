@@ -488,3 +488,68 @@ async fn powerdns_down_fails_cleanly_and_existing_domains_keep_serving() {
     )
     .await;
 }
+
+/// Two setups of domains in a managed zone that does not exist yet, at the
+/// same moment: one creates the zone, the other finds it created (PowerDNS
+/// answers it 409) and goes on; both domains answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_setups_share_a_new_managed_zone() {
+    let _guard = FAULT_LOCK.read().await;
+    let zone = format!(
+        "race-{}.test",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let managed = format!("[\"{zone}\"]");
+    let server = HttpServer::start_with(
+        &testbed().config,
+        &[("CODEB_DNS__MANAGED_ZONES", managed.as_str())],
+    )
+    .await;
+    let client = server.client().await;
+    let pool = db().await;
+    let (p1, p2) = (unique_project("zra"), unique_project("zrb"));
+    super::common::insert_project(&pool, &p1).await;
+    super::common::insert_project(&pool, &p2).await;
+    let (d1, d2) = (format!("a.{zone}"), format!("b.{zone}"));
+    let (r1, r2) = tokio::join!(
+        call(
+            &client,
+            "domain_setup",
+            json!({"project": p1, "environment": "staging", "domain": d1}),
+        ),
+        call(
+            &client,
+            "domain_setup",
+            json!({"project": p2, "environment": "staging", "domain": d2}),
+        ),
+    );
+    let (r1, r2) = (structured(&r1).clone(), structured(&r2).clone());
+    let created = [&r1, &r2]
+        .iter()
+        .filter(|r| r["zone_created"] == json!(true))
+        .count();
+    assert!(created <= 1, "at most one created the zone: {r1} {r2}");
+    assert_eq!(dig_a(&d1).await, vec![app_address()]);
+    assert_eq!(dig_a(&d2).await, vec![app_address()]);
+    // Clean up: rows, then the zone with its records.
+    for d in [&d1, &d2] {
+        let _ = sqlx::query("DELETE FROM domains WHERE hostname = $1")
+            .bind(d)
+            .execute(&pool)
+            .await;
+    }
+    super::common::delete_project(&pool, &p1).await;
+    super::common::delete_project(&pool, &p2).await;
+    let ctx = Ctx::new(Config::load(&testbed().config).unwrap());
+    let c = pdns_client(&ctx).await.unwrap();
+    for d in [&d1, &d2] {
+        let name = route_rrset_name(d, &ctx.config.routing.route_zone);
+        let _ = c
+            .patch_rrsets(
+                &ctx.config.routing.route_zone,
+                &json!({"rrsets": [{"name": name, "type": "SRV", "changetype": "DELETE"}]}),
+            )
+            .await;
+    }
+    c.delete_zone(&zone).await.unwrap();
+}
