@@ -91,18 +91,30 @@ pub async fn api_key_insert(
     Ok(into_row(row))
 }
 
-/// The key with this digest, if any.
+/// The key with this digest, if any, with the stored digest (which the
+/// caller compares in constant time).
 pub async fn api_key_by_hash(
     pool: &PgPool,
     key_sha256: &[u8],
-) -> Result<Option<ApiKeyRow>, DbError> {
-    let row: Option<Row> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM api_keys WHERE key_sha256 = $1"
+) -> Result<Option<(ApiKeyRow, Vec<u8>)>, DbError> {
+    type WithDigest = (
+        Uuid,
+        String,
+        String,
+        String,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Vec<u8>,
+    );
+    let row: Option<WithDigest> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS}, key_sha256 FROM api_keys WHERE key_sha256 = $1"
     ))
     .bind(key_sha256)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(into_row))
+    Ok(row.map(|(a, b, c, d, e, f, g, h, stored)| (into_row((a, b, c, d, e, f, g, h)), stored)))
 }
 
 /// Keys, newest first; of one team when `team` is given.
