@@ -147,18 +147,23 @@ pub fn main() -> ExitCode {
 }
 
 fn init_tracing(json: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CODEB_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"))
-        // rmcp logs whole requests at debug, arguments included — env
-        // values among them, before codeb has seen them. Never below info.
-        .add_directive("rmcp=info".parse().expect("static directive"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    // rmcp logs whole requests at debug, arguments included — env values
+    // among them, before codeb has seen them. Its debug and trace events
+    // are dropped whatever CODEB_LOG says; its other levels follow CODEB_LOG.
+    let no_rmcp_debug = tracing_subscriber::filter::filter_fn(|meta| {
+        !(meta.target().starts_with("rmcp") && *meta.level() > tracing::Level::INFO)
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| crate::ops::redact::RedactingStderr);
     if json {
-        builder.json().init();
+        builder.json().finish().with(no_rmcp_debug).init();
     } else {
-        builder.init();
+        builder.finish().with(no_rmcp_debug).init();
     }
 }
 
