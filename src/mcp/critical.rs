@@ -67,6 +67,17 @@ impl From<&CriticalPlan> for PlanView {
     }
 }
 
+impl From<&ApprovalRow> for PlanView {
+    /// The plan an approval was requested for, with the hash it binds.
+    fn from(r: &ApprovalRow) -> Self {
+        Self {
+            summary: r.summary.clone(),
+            hash: r.plan_hash.clone(),
+            details: r.plan.clone(),
+        }
+    }
+}
+
 /// Result of a critical tool or `approve`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct CriticalResult {
@@ -88,6 +99,12 @@ fn respond(r: CriticalResult) -> Result<CallToolResponse, String> {
     Json(r)
         .into_call_tool_result()
         .map_err(|e| format!("result could not be encoded: {}", e.message))
+}
+
+/// An error as text; database failures keep their "check health_check"
+/// advice (`OpError::Db`).
+fn db_err(e: impl Into<OpError>) -> String {
+    e.into().to_string()
 }
 
 /// A critical call, validated and planned.
@@ -198,6 +215,38 @@ pub(crate) async fn execute(
     .await
 }
 
+/// Records a pending request of `kind` for `plan`, bound to the caller's
+/// key, the tool and its arguments.
+async fn insert_request(
+    ctx: &Ctx,
+    kind: &str,
+    ttl: Duration,
+    caller: &Caller,
+    call: &CriticalCall,
+    plan: &CriticalPlan,
+) -> Result<ApprovalRow, String> {
+    let pool = ctx.db.pool().await.map_err(db_err)?;
+    rows::approval_insert(
+        pool,
+        &NewApproval {
+            id: Uuid::new_v4(),
+            kind,
+            team: &caller.team,
+            tool: call.tool,
+            project: &plan.project,
+            arguments: &call.arguments,
+            plan_hash: &plan.hash(),
+            summary: &plan.summary,
+            plan: &plan.details,
+            requested_by: caller.key_id,
+            requested_principal: &caller.principal,
+            ttl,
+        },
+    )
+    .await
+    .map_err(db_err)
+}
+
 /// How this request can be confirmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Channel {
@@ -293,15 +342,11 @@ fn declined(plan: &CriticalPlan) -> CriticalResult {
     }
 }
 
-fn executed(
-    plan: Option<&CriticalPlan>,
-    summary: String,
-    outcome: serde_json::Value,
-) -> CriticalResult {
+fn executed(plan: PlanView, summary: String, outcome: serde_json::Value) -> CriticalResult {
     CriticalResult {
         summary,
         status: "executed".into(),
-        plan: plan.map(PlanView::from),
+        plan: Some(plan),
         approval_id: None,
         expires_at: None,
         outcome: Some(outcome),
@@ -334,7 +379,7 @@ impl CodebServer {
         }
         let plan = plan_for(&ctx, call.tool, &call.arguments)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(db_err)?;
         if call.dry_run {
             return respond(CriticalResult {
                 summary: format!(
@@ -348,7 +393,6 @@ impl CodebServer {
                 outcome: None,
             });
         }
-        let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
         match channel(&context) {
             Channel::Elicit => {
                 let answer = context
@@ -381,32 +425,22 @@ impl CodebServer {
                     &context,
                 )
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(db_err)?;
                 if call.tool == "project_delete" {
                     self.project_teams.forget(&plan.project);
                 }
-                respond(executed(Some(&plan), summary, outcome))
+                respond(executed(PlanView::from(&plan), summary, outcome))
             }
             Channel::InputRequired => {
-                let row = rows::approval_insert(
-                    pool,
-                    &NewApproval {
-                        id: Uuid::new_v4(),
-                        kind: rows::KIND_CONFIRMATION,
-                        team: &caller.team,
-                        tool: call.tool,
-                        project: &plan.project,
-                        arguments: &call.arguments,
-                        plan_hash: &plan.hash(),
-                        summary: &plan.summary,
-                        plan: &plan.details,
-                        requested_by: caller.key_id,
-                        requested_principal: &caller.principal,
-                        ttl: CONFIRMATION_TTL,
-                    },
+                let row = insert_request(
+                    self.ctx(),
+                    rows::KIND_CONFIRMATION,
+                    CONFIRMATION_TTL,
+                    &caller,
+                    &call,
+                    &plan,
                 )
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
                 let mut requests = rmcp::model::InputRequests::new();
                 requests.insert(
                     CONFIRM_KEY.to_string(),
@@ -433,27 +467,8 @@ impl CodebServer {
         why: Option<String>,
     ) -> Result<CallToolResponse, String> {
         let ctx = self.ctx();
-        let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
         let ttl = Duration::from_secs(ctx.config.auth.approval_ttl_secs);
-        let row = rows::approval_insert(
-            pool,
-            &NewApproval {
-                id: Uuid::new_v4(),
-                kind: rows::KIND_APPROVAL,
-                team: &caller.team,
-                tool: call.tool,
-                project: &plan.project,
-                arguments: &call.arguments,
-                plan_hash: &plan.hash(),
-                summary: &plan.summary,
-                plan: &plan.details,
-                requested_by: caller.key_id,
-                requested_principal: &caller.principal,
-                ttl,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let row = insert_request(ctx, rows::KIND_APPROVAL, ttl, caller, call, plan).await?;
         tracing::info!(approval = %row.id, tool = call.tool, project = %plan.project, by = %caller.principal, "approval requested");
         respond(CriticalResult {
             summary: format!(
@@ -489,10 +504,10 @@ impl CodebServer {
             )
         };
         let id = Uuid::parse_str(state).map_err(|_| unknown())?;
-        let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
+        let pool = ctx.db.pool().await.map_err(db_err)?;
         let row = rows::approval_get(pool, id, &caller.team)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(db_err)?
             .filter(|r| {
                 r.kind == rows::KIND_CONFIRMATION
                     && r.tool == call.tool
@@ -528,7 +543,7 @@ impl CodebServer {
             Ok(false) => {
                 rows::approval_decline(pool, id, &by)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(db_err)?;
                 return respond(declined(&plan));
             }
             Err(e) => {
@@ -538,10 +553,9 @@ impl CodebServer {
         }
         let row = rows::approval_claim(pool, id, rows::KIND_CONFIRMATION, None, &by)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(db_err)?
             .ok_or_else(unknown)?;
-        self.execute_claimed(context, caller.clone(), row, Some(&plan))
-            .await
+        self.execute_claimed(context, caller.clone(), row).await
     }
 
     /// Executes a claimed approval or confirmation and records its end.
@@ -550,7 +564,6 @@ impl CodebServer {
         context: &RequestContext<RoleServer>,
         caller: Caller,
         row: ApprovalRow,
-        plan: Option<&CriticalPlan>,
     ) -> Result<CallToolResponse, String> {
         let ctx = self.ctx_arc();
         let r = execute(
@@ -562,14 +575,14 @@ impl CodebServer {
             context,
         )
         .await;
-        let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
+        let pool = ctx.db.pool().await.map_err(db_err)?;
         match r {
             Ok((summary, outcome)) => {
                 if row.tool == "project_delete" {
                     self.project_teams.forget(&row.project);
                 }
                 let _ = rows::approval_finish(pool, row.id, "executed", None, Some(&outcome)).await;
-                let mut result = executed(plan, summary, outcome);
+                let mut result = executed(PlanView::from(&row), summary, outcome);
                 result.approval_id = Some(row.id.to_string());
                 respond(result)
             }
@@ -838,13 +851,13 @@ impl CodebServer {
                 "cursor is not one this server issued; omit it to start again".to_string()
             })?),
         };
-        let pool = self.ctx().db.pool().await.map_err(|e| e.to_string())?;
+        let pool = self.ctx().db.pool().await.map_err(db_err)?;
         rows::approvals_expire(pool, &caller.team)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(db_err)?;
         let mut page = rows::approvals_page(pool, &caller.team, p.all, after, i64::from(limit) + 1)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(db_err)?;
         let more = page.len() > limit as usize;
         page.truncate(limit as usize);
         let next_cursor = more
@@ -852,30 +865,18 @@ impl CodebServer {
             .flatten();
         let approvals: Vec<ApprovalInfo> = page
             .into_iter()
-            .map(|r| {
-                let plan = CriticalPlan {
-                    tool: "",
-                    project: r.project.clone(),
-                    summary: r.summary.clone(),
-                    details: r.plan.clone(),
-                };
-                ApprovalInfo {
-                    id: r.id.to_string(),
-                    plan: PlanView {
-                        summary: plan.summary,
-                        hash: r.plan_hash.clone(),
-                        details: plan.details,
-                    },
-                    tool: r.tool,
-                    project: r.project,
-                    arguments: r.arguments,
-                    status: r.status,
-                    requested_by: r.requested_principal,
-                    approved_by: r.approved_principal,
-                    created_at: r.created_at.to_rfc3339(),
-                    expires_at: r.expires_at.to_rfc3339(),
-                    error: r.error,
-                }
+            .map(|r| ApprovalInfo {
+                id: r.id.to_string(),
+                plan: PlanView::from(&r),
+                tool: r.tool,
+                project: r.project,
+                arguments: r.arguments,
+                status: r.status,
+                requested_by: r.requested_principal,
+                approved_by: r.approved_principal,
+                created_at: r.created_at.to_rfc3339(),
+                expires_at: r.expires_at.to_rfc3339(),
+                error: r.error,
             })
             .collect();
         let pending = approvals.iter().filter(|a| a.status == "pending").count();
@@ -922,13 +923,13 @@ impl CodebServer {
             format!("approval {id} not found; approval_list shows your team's pending approvals")
         };
         let ctx = self.ctx_arc();
-        let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
+        let pool = ctx.db.pool().await.map_err(db_err)?;
         rows::approvals_expire(pool, &caller.team)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(db_err)?;
         let row = rows::approval_get(pool, id, &caller.team)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(db_err)?
             .filter(|r| r.kind == rows::KIND_APPROVAL)
             .ok_or_else(not_found)?;
         if row.status != "pending" {
@@ -954,16 +955,6 @@ impl CodebServer {
                 row.requested_principal, caller.team
             ));
         }
-        let plan = CriticalPlan {
-            tool: match row.tool.as_str() {
-                "project_delete" => "project_delete",
-                "backup_restore" => "backup_restore",
-                _ => "domain_delete",
-            },
-            project: row.project.clone(),
-            summary: row.summary.clone(),
-            details: row.plan.clone(),
-        };
         if p.dry_run {
             let live = plan_for(&ctx, &row.tool, &row.arguments).await;
             let matches = live.as_ref().is_ok_and(|l| l.hash() == row.plan_hash);
@@ -983,11 +974,7 @@ impl CodebServer {
                     )
                 },
                 status: if matches { "would_execute" } else { "stale" }.into(),
-                plan: Some(PlanView {
-                    summary: row.summary.clone(),
-                    hash: row.plan_hash.clone(),
-                    details: row.plan.clone(),
-                }),
+                plan: Some(PlanView::from(&row)),
                 approval_id: Some(id.to_string()),
                 expires_at: Some(row.expires_at.to_rfc3339()),
                 outcome: None,
@@ -1001,7 +988,7 @@ impl CodebServer {
             &caller.principal,
         )
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(db_err)?
         .ok_or_else(|| {
             format!("approval {id} was used or expired just now; an approval runs at most once")
         })?;
@@ -1014,8 +1001,7 @@ impl CodebServer {
             ),
             ..caller
         };
-        self.execute_claimed(&context, actor, row, Some(&plan))
-            .await
+        self.execute_claimed(&context, actor, row).await
     }
 }
 

@@ -41,7 +41,13 @@ struct Observed {
     zone: Option<String>,
 }
 
-async fn observe(ctx: &Ctx, project: &str, domain: &str) -> Result<Observed, OpError> {
+/// The normalised domain, the environment it routes to and its kind, from
+/// codeb's records alone (no PowerDNS call).
+async fn locate(
+    ctx: &Ctx,
+    project: &str,
+    domain: &str,
+) -> Result<(String, Environment, String), OpError> {
     validate_project_name(project).map_err(|e| OpError::Invalid(e.0))?;
     let domain = normalize_domain(domain, false).map_err(|e| OpError::Invalid(e.0))?;
     let pool = ctx.db.pool().await?;
@@ -63,6 +69,11 @@ async fn observe(ctx: &Ctx, project: &str, domain: &str) -> Result<Observed, OpE
         .filter(|r| r.project == project)
         .ok_or_else(not_found)?;
     let environment = Environment::parse(&row.environment).ok_or_else(not_found)?;
+    Ok((domain, environment, row.kind))
+}
+
+async fn observe(ctx: &Ctx, project: &str, domain: &str) -> Result<Observed, OpError> {
+    let (domain, environment, kind) = locate(ctx, project, domain).await?;
     let route_zone = ctx.config.routing.route_zone.clone();
     let route_name = route_rrset_name(&domain, &route_zone);
     let (zone, a, aaaa, srv) = {
@@ -106,7 +117,7 @@ async fn observe(ctx: &Ctx, project: &str, domain: &str) -> Result<Observed, OpE
     let details = serde_json::json!({
         "domain": domain,
         "environment": environment.as_str(),
-        "kind": row.kind,
+        "kind": kind,
         "zone": zone,
         "a": a,
         "aaaa": aaaa,
@@ -144,25 +155,19 @@ pub async fn domain_delete(
     caller: &Caller,
     progress: ProgressTx,
 ) -> Result<DomainDeleteOutcome, OpError> {
-    let first = observe(ctx, project, domain).await?;
-    if first.plan.hash() != approved_hash {
-        return Err(OpError::Refused(stale_plan_message(
-            "domain_delete",
-            project,
-        )));
-    }
+    let (_, environment, _) = locate(ctx, project, domain).await?;
     let mut op = begin_op(
         ctx,
         "domain_delete",
         project,
-        first.environment,
+        environment,
         caller,
         progress,
         PHASES,
         CancellationToken::new(),
     )
     .await?;
-    // Again under the lock: nothing may have moved in between.
+    // The plan under the lock must be the one confirmed.
     let o = match observe(ctx, project, domain).await {
         Ok(o) if o.plan.hash() == approved_hash => o,
         Ok(_) => {

@@ -481,15 +481,9 @@ async fn write_remote(
 ) -> Result<(), String> {
     let cmds = write_file_atomic(path, data.to_vec(), ENV_FILE_MODE).map_err(|e| e.0)?;
     for cmd in cmds {
-        let out = op.run_on(server, step, &cmd).await?;
-        if !out.success() {
-            return Err(format!(
-                "`{}` exited with {} writing {path}: {}",
-                cmd.program,
-                out.status.map_or("a signal".into(), |c| c.to_string()),
-                out.stderr_tail()
-            ));
-        }
+        op.run_ok_on(server, step, &cmd)
+            .await
+            .map_err(|e| format!("{e} (writing {path})"))?;
     }
     Ok(())
 }

@@ -31,14 +31,9 @@ pub fn register(secret: &str) {
     register_all([secret]);
 }
 
-/// Words codeb prints in every message (environment names): an env value
-/// equal to one of them (`NODE_ENV=production`) is not masked, or no
-/// message would be readable.
-const NEVER_MASKED: [&str; 3] = ["production", "staging", "preview"];
-
 /// Env keys whose values are names codeb prints anyway (the database role,
 /// the Redis key prefix), not secrets.
-pub const NAME_KEYS: [&str; 2] = ["POSTGRES_USER", "REDIS_PREFIX"];
+pub const NAME_KEYS: [&str; 2] = ["POSTGRES_USER", crate::plan::storage::REDIS_PREFIX_KEY];
 
 /// Registers the values of env variables, except those of `NAME_KEYS`.
 pub fn register_env<'a>(vars: impl IntoIterator<Item = (&'a String, &'a String)>) {
@@ -56,7 +51,14 @@ pub fn register_all<'a>(secrets: impl IntoIterator<Item = &'a str>) {
         secrets
             .into_iter()
             .filter(|v| v.len() >= MIN_SECRET_LEN)
-            .filter(|v| !NEVER_MASKED.contains(v))
+            // Environment names are in every message: an env value equal
+            // to one (`NODE_ENV=production`) is not masked, or no message
+            // would be readable.
+            .filter(|v| {
+                !crate::model::Environment::ALL
+                    .iter()
+                    .any(|e| e.as_str() == *v)
+            })
             .filter(|v| !s.known.as_ref().is_some_and(|k| k.contains(*v)))
             .collect()
     };

@@ -89,7 +89,7 @@ pub fn validate_database_name(name: &str) -> Result<(), Invalid> {
 
 /// `runuser -u USER --`: the storage server's PostgreSQL superuser account,
 /// which peer authentication admits over the unix socket (no password).
-fn as_pg_user(storage: &StorageConfig, program: &str) -> RemoteCmd {
+pub(crate) fn as_pg_user(storage: &StorageConfig, program: &str) -> RemoteCmd {
     RemoteCmd::new("runuser").args(["-u", storage.pg_os_user.as_str(), "--", program])
 }
 

@@ -19,6 +19,7 @@
 //! changes nothing. Afterwards the database holds exactly the backup —
 //! tables created since then are gone too.
 
+use crate::plan::backup::as_pg_user;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -37,10 +38,28 @@ pub const ROW_COUNT_TIMEOUT: Duration = Duration::from_secs(600);
 /// What codeb sends after the restore SQL once everything checked out.
 pub const RESTORE_COMMIT: &str = "\nCOMMIT;\n";
 
-/// `runuser -u USER -- PROGRAM`: the storage server's PostgreSQL superuser
-/// account (peer authentication over the unix socket, no password).
-fn as_pg_user(storage: &StorageConfig, program: &str) -> RemoteCmd {
-    RemoteCmd::new("runuser").args(["-u", storage.pg_os_user.as_str(), "--", program])
+/// `runuser -u postgres -- psql --no-psqlrc --no-password --tuples-only
+/// --no-align --host=SOCKET --port=PORT --dbname=DATABASE --command=SQL`:
+/// one constant query in the project's database, unaligned output.
+fn psql_query(
+    storage: &StorageConfig,
+    database: &str,
+    sql: &str,
+    timeout: Duration,
+) -> Result<RemoteCmd, Invalid> {
+    validate_database_name(database)?;
+    Ok(as_pg_user(storage, "psql")
+        .args([
+            "--no-psqlrc",
+            "--no-password",
+            "--tuples-only",
+            "--no-align",
+        ])
+        .arg(format!("--host={}", storage.pg_socket_dir))
+        .arg(format!("--port={}", storage.postgres_port))
+        .arg(format!("--dbname={database}"))
+        .arg(format!("--command={sql}"))
+        .timeout(timeout))
 }
 
 /// Checks a recorded backup path: a `.dump` file under `BACKUP_ROOT`.
@@ -146,19 +165,7 @@ WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspnam
 /// --no-align --host=SOCKET --port=PORT --dbname=DATABASE --command=SQL`;
 /// read with `parse_row_counts`.
 pub fn row_counts(storage: &StorageConfig, database: &str) -> Result<RemoteCmd, Invalid> {
-    validate_database_name(database)?;
-    Ok(as_pg_user(storage, "psql")
-        .args([
-            "--no-psqlrc",
-            "--no-password",
-            "--tuples-only",
-            "--no-align",
-        ])
-        .arg(format!("--host={}", storage.pg_socket_dir))
-        .arg(format!("--port={}", storage.postgres_port))
-        .arg(format!("--dbname={database}"))
-        .arg(format!("--command={ROW_COUNT_SQL}"))
-        .timeout(ROW_COUNT_TIMEOUT))
+    psql_query(storage, database, ROW_COUNT_SQL, ROW_COUNT_TIMEOUT)
 }
 
 /// `schema.table → rows` from `row_counts` output.
@@ -183,19 +190,12 @@ FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()";
 /// --port=PORT --dbname=DATABASE --command=SQL`; read with
 /// `parse_database_identity`.
 pub fn database_identity(storage: &StorageConfig, database: &str) -> Result<RemoteCmd, Invalid> {
-    validate_database_name(database)?;
-    Ok(as_pg_user(storage, "psql")
-        .args([
-            "--no-psqlrc",
-            "--no-password",
-            "--tuples-only",
-            "--no-align",
-        ])
-        .arg(format!("--host={}", storage.pg_socket_dir))
-        .arg(format!("--port={}", storage.postgres_port))
-        .arg(format!("--dbname={database}"))
-        .arg(format!("--command={DATABASE_IDENTITY_SQL}"))
-        .timeout(crate::plan::backup::DATABASE_LIST_TIMEOUT))
+    psql_query(
+        storage,
+        database,
+        DATABASE_IDENTITY_SQL,
+        crate::plan::backup::DATABASE_LIST_TIMEOUT,
+    )
 }
 
 /// (OID, owner) from `database_identity` output.

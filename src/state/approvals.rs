@@ -86,22 +86,20 @@ pub struct NewApproval<'a> {
     pub ttl: std::time::Duration,
 }
 
-const SELECT: &str = "SELECT id, kind, team_id, tool, project, arguments, plan_hash, summary, plan,
+/// The columns of `ApprovalRow`, for SELECT and RETURNING alike.
+const COLUMNS: &str = "id, kind, team_id, tool, project, arguments, plan_hash, summary, plan,
         requested_by, requested_principal, approved_by, approved_principal, status,
-        created_at, expires_at, decided_at, executed_at, error, result FROM approvals";
+        created_at, expires_at, decided_at, executed_at, error, result";
 
 /// Records a pending request; returns it as stored.
 pub async fn approval_insert(pool: &PgPool, a: &NewApproval<'_>) -> Result<ApprovalRow, DbError> {
     let ttl_ms = i64::try_from(a.ttl.as_millis()).unwrap_or(i64::MAX);
     Ok(sqlx::query_as(&format!(
-        "WITH ins AS (
-           INSERT INTO approvals (id, kind, team_id, tool, project, arguments, plan_hash, summary,
-                                  plan, requested_by, requested_principal, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-                   now() + make_interval(secs => $12::double precision / 1000))
-           RETURNING *)
-         {}",
-        SELECT.replace("FROM approvals", "FROM ins")
+        "INSERT INTO approvals (id, kind, team_id, tool, project, arguments, plan_hash, summary,
+                                plan, requested_by, requested_principal, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                 now() + make_interval(secs => $12::double precision / 1000))
+         RETURNING {COLUMNS}"
     ))
     .bind(a.id)
     .bind(a.kind)
@@ -125,13 +123,13 @@ pub async fn approval_get(
     id: Uuid,
     team: &str,
 ) -> Result<Option<ApprovalRow>, DbError> {
-    Ok(
-        sqlx::query_as(&format!("{SELECT} WHERE id = $1 AND team_id = $2"))
-            .bind(id)
-            .bind(team)
-            .fetch_optional(pool)
-            .await?,
-    )
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM approvals WHERE id = $1 AND team_id = $2"
+    ))
+    .bind(id)
+    .bind(team)
+    .fetch_optional(pool)
+    .await?)
 }
 
 /// Takes a pending, unexpired request out of `pending` into `approved`,
@@ -145,13 +143,10 @@ pub async fn approval_claim(
     approved_principal: &str,
 ) -> Result<Option<ApprovalRow>, DbError> {
     Ok(sqlx::query_as(&format!(
-        "WITH upd AS (
-           UPDATE approvals SET status = 'approved', approved_by = $3,
-                  approved_principal = $4, decided_at = now()
-            WHERE id = $1 AND kind = $2 AND status = 'pending' AND expires_at > now()
-           RETURNING *)
-         {}",
-        SELECT.replace("FROM approvals", "FROM upd")
+        "UPDATE approvals SET status = 'approved', approved_by = $3,
+                approved_principal = $4, decided_at = now()
+          WHERE id = $1 AND kind = $2 AND status = 'pending' AND expires_at > now()
+         RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(kind)
@@ -232,7 +227,7 @@ pub async fn approvals_page(
     limit: i64,
 ) -> Result<Vec<ApprovalRow>, DbError> {
     Ok(sqlx::query_as(&format!(
-        "{SELECT}
+        "SELECT {COLUMNS} FROM approvals
           WHERE team_id = $1 AND kind = 'approval' AND ($2 OR status = 'pending')
             AND ($3::uuid IS NULL OR (created_at, id) < (SELECT created_at, id FROM approvals WHERE id = $3))
           ORDER BY created_at DESC, id DESC
