@@ -100,8 +100,8 @@ pub struct AuthConfig {
     /// refilled evenly); the next one gets HTTP 429 with Retry-After.
     #[serde(default = "default_rate_limit_per_minute")]
     pub rate_limit_per_minute: u32,
-    /// How long a pending approval of a critical operation (and an
-    /// unanswered input-required confirmation) stays usable, in seconds.
+    /// How long a pending approval of a critical operation stays usable,
+    /// in seconds (input-required confirmations have their own 10 minutes).
     #[serde(default = "default_approval_ttl_secs")]
     pub approval_ttl_secs: u64,
 }
