@@ -39,15 +39,27 @@ use crate::state::{self, DbError};
 
 /// The tool name, as in plans and approvals.
 pub const TOOL: &str = "project_delete";
-/// The steps in order, as named in errors and progress.
-const STEPS: [&str; 7] = [
-    "containers",
-    "routes",
-    "address records",
-    "env files",
-    "storage",
-    "redis keys",
-    "records",
+/// One step of a delete.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Containers,
+    Routes,
+    Addresses,
+    EnvFiles,
+    Storage,
+    RedisKeys,
+    Records,
+}
+
+/// The steps in order, with their names in errors and progress.
+const STEPS: [(Step, &str); 7] = [
+    (Step::Containers, "containers"),
+    (Step::Routes, "routes"),
+    (Step::Addresses, "address records"),
+    (Step::EnvFiles, "env files"),
+    (Step::Storage, "storage"),
+    (Step::RedisKeys, "redis keys"),
+    (Step::Records, "records"),
 ];
 /// Progress phases: the verified plan, one per step, done.
 const PHASES: u32 = STEPS.len() as u32 + 2;
@@ -260,16 +272,20 @@ pub async fn project_delete(
     }
     let mut removed = Removed::default();
     let mut failure = None;
-    for (i, step) in STEPS.iter().enumerate() {
-        primary.phase(format!("removing {step}"));
-        let r = match i {
-            0 => remove_containers(&primary, project, &planned.details, &mut removed).await,
-            1 => remove_routes(&primary, project, &planned.details, &mut removed).await,
-            2 => remove_addresses(&primary, &planned.details, &mut removed).await,
-            3 => remove_env_files(&primary, project, &mut removed).await,
-            4 => remove_storage(&primary, project, &planned.details, &mut removed).await,
-            5 => remove_redis_keys(&primary, project, &mut removed).await,
-            _ => remove_records(&primary, planned.project_id, &ids, &mut removed).await,
+    for (i, (step, name)) in STEPS.iter().enumerate() {
+        primary.phase(format!("removing {name}"));
+        let r = match step {
+            Step::Containers => {
+                remove_containers(&primary, project, &planned.details, &mut removed).await
+            }
+            Step::Routes => remove_routes(&primary, project, &planned.details, &mut removed).await,
+            Step::Addresses => remove_addresses(&primary, &planned.details, &mut removed).await,
+            Step::EnvFiles => remove_env_files(&primary, project, &mut removed).await,
+            Step::Storage => {
+                remove_storage(&primary, project, &planned.details, &mut removed).await
+            }
+            Step::RedisKeys => remove_redis_keys(&primary, project, &mut removed).await,
+            Step::Records => remove_records(&primary, planned.project_id, &ids, &mut removed).await,
         };
         if let Err(message) = r {
             failure = Some((i, redact::redact(&message)));
@@ -333,12 +349,16 @@ pub async fn project_delete(
                  registered (not deleted), so nothing is lost track of: once the cause is fixed \
                  (health_check), run project_delete again — a new plan — to remove the rest. \
                  Database dumps are kept.",
-                STEPS[i..].join(", ")
+                STEPS[i..]
+                    .iter()
+                    .map(|(_, name)| *name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             let err = OpError::Failed {
                 operation: TOOL,
                 deployment_id: ids[0],
-                step: STEPS[i].to_string(),
+                step: STEPS[i].1.to_string(),
                 message,
                 aftermath,
             };
