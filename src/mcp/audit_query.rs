@@ -304,10 +304,7 @@ impl CodebServer {
                     })
             })
             .transpose()?;
-        let limit = p.limit.unwrap_or(20);
-        if !(1..=100).contains(&limit) {
-            return Err(format!("limit must be between 1 and 100, got {limit}"));
-        }
+        let limit = crate::mcp::page_limit(p.limit, 20)?;
         let after = p
             .cursor
             .as_deref()
@@ -339,13 +336,7 @@ impl CodebServer {
         let mut rows = audit_page(pool, &filter, after, i64::from(limit) + 1)
             .await
             .map_err(|e| e.to_string())?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let next_cursor = if more {
-            rows.last().map(|r| r.id.to_string())
-        } else {
-            None
-        };
+        let next_cursor = crate::mcp::take_page(&mut rows, limit, |r| r.id.to_string());
         let entries: Vec<AuditEntry> = rows.into_iter().map(entry).collect();
         let summary = match entries.first() {
             None => "no audit entries".to_string(),
@@ -353,7 +344,11 @@ impl CodebServer {
                 "{} entr{}{}; latest: {} {} by {} at {}",
                 entries.len(),
                 if entries.len() == 1 { "y" } else { "ies" },
-                if more { " (more follow)" } else { "" },
+                if next_cursor.is_some() {
+                    " (more follow)"
+                } else {
+                    ""
+                },
                 e.tool,
                 e.outcome,
                 e.principal,

@@ -93,10 +93,7 @@ impl CodebServer {
         Parameters(p): Parameters<BackupListParams>,
     ) -> Result<Json<BackupListResult>, String> {
         validate_project_name(&p.project).map_err(|e| e.0)?;
-        let limit = p.limit.unwrap_or(20);
-        if !(1..=100).contains(&limit) {
-            return Err(format!("limit must be between 1 and 100, got {limit}"));
-        }
+        let limit = crate::mcp::page_limit(p.limit, 20)?;
         let after = p
             .cursor
             .as_deref()
@@ -131,13 +128,7 @@ impl CodebServer {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let next_cursor = if more {
-            rows.last().map(|r| r.id.to_string())
-        } else {
-            None
-        };
+        let next_cursor = crate::mcp::take_page(&mut rows, limit, |r| r.id.to_string());
         let backups: Vec<BackupInfo> = rows.into_iter().map(info).collect();
         let summary = match backups.first() {
             None => format!("no backups of {}; backup_create makes one", p.project),
@@ -145,7 +136,11 @@ impl CodebServer {
                 "{} backup(s) of {}{}; latest: {} {} {}",
                 backups.len(),
                 p.project,
-                if more { " (more follow)" } else { "" },
+                if next_cursor.is_some() {
+                    " (more follow)"
+                } else {
+                    ""
+                },
                 b.environment,
                 b.status,
                 b.created_at

@@ -841,10 +841,7 @@ impl CodebServer {
         Parameters(p): Parameters<ApprovalListParams>,
     ) -> Result<Json<ApprovalListResult>, String> {
         let caller = self.caller();
-        let limit = p.limit.unwrap_or(20);
-        if !(1..=100).contains(&limit) {
-            return Err(format!("limit must be 1-100, not {limit}"));
-        }
+        let limit = crate::mcp::page_limit(p.limit, 20)?;
         let after = match p.cursor.as_deref() {
             None => None,
             Some(c) => Some(Uuid::parse_str(c).map_err(|_| {
@@ -858,11 +855,7 @@ impl CodebServer {
         let mut page = rows::approvals_page(pool, &caller.team, p.all, after, i64::from(limit) + 1)
             .await
             .map_err(db_err)?;
-        let more = page.len() > limit as usize;
-        page.truncate(limit as usize);
-        let next_cursor = more
-            .then(|| page.last().map(|r| r.id.to_string()))
-            .flatten();
+        let next_cursor = crate::mcp::take_page(&mut page, limit, |r| r.id.to_string());
         let approvals: Vec<ApprovalInfo> = page
             .into_iter()
             .map(|r| ApprovalInfo {

@@ -149,10 +149,7 @@ impl CodebServer {
         if let Some(pr) = &p.project {
             validate_project_name(pr).map_err(|e| e.0)?;
         }
-        let limit = p.limit.unwrap_or(20);
-        if !(1..=100).contains(&limit) {
-            return Err(format!("limit must be between 1 and 100, got {limit}"));
-        }
+        let limit = crate::mcp::page_limit(p.limit, 20)?;
         let after = p
             .cursor
             .as_deref()
@@ -180,20 +177,18 @@ impl CodebServer {
         )
         .await
         .map_err(|e| e.to_string())?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let next_cursor = if more {
-            rows.last().map(|r| r.id.to_string())
-        } else {
-            None
-        };
+        let next_cursor = crate::mcp::take_page(&mut rows, limit, |r| r.id.to_string());
         let deployments: Vec<DeploymentInfo> = rows.into_iter().map(info).collect();
         let summary = match deployments.first() {
             None => "no deployments".to_string(),
             Some(d) => format!(
                 "{} record(s){}; latest: {} {} {} {}",
                 deployments.len(),
-                if more { " (more follow)" } else { "" },
+                if next_cursor.is_some() {
+                    " (more follow)"
+                } else {
+                    ""
+                },
                 d.operation,
                 d.project,
                 d.environment,

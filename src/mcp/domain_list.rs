@@ -53,10 +53,7 @@ impl CodebServer {
         &self,
         Parameters(p): Parameters<DomainListParams>,
     ) -> Result<Json<DomainListResult>, String> {
-        let limit = p.limit.unwrap_or(50);
-        if !(1..=100).contains(&limit) {
-            return Err(format!("limit must be between 1 and 100, got {limit}"));
-        }
+        let limit = crate::mcp::page_limit(p.limit, 50)?;
         let (domains, next_cursor) = domains::domain_list(
             self.ctx(),
             &self.caller_team(),

@@ -56,6 +56,32 @@ tokio::task_local! {
     static CALLER: Caller;
 }
 
+/// A list tool's page size: `limit` or `default`, 1-100.
+pub(crate) fn page_limit(limit: Option<u32>, default: u32) -> Result<u32, String> {
+    let limit = limit.unwrap_or(default);
+    if (1..=100).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(format!("limit must be between 1 and 100, got {limit}"))
+    }
+}
+
+/// Cuts `rows` (fetched with `limit + 1`) to `limit` and returns the cursor
+/// of the next page: the key of the last row kept, when more rows exist.
+pub(crate) fn take_page<T>(
+    rows: &mut Vec<T>,
+    limit: u32,
+    key: impl Fn(&T) -> String,
+) -> Option<String> {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    if more {
+        rows.last().map(key)
+    } else {
+        None
+    }
+}
+
 /// Protocol versions codeb implements (DESIGN §5): both eras.
 pub const SUPPORTED_PROTOCOL_VERSIONS: &[ProtocolVersion] = &[
     ProtocolVersion::V_2026_07_28,

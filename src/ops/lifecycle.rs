@@ -270,20 +270,35 @@ impl<'a> Op<'a> {
             Ok(o) => (o.status, Some(crate::ops::redact::redact(&o.stderr_tail()))),
             Err(e) => (None, Some(crate::ops::redact::redact(&e.to_string()))),
         };
+        self.journal_command(step, app.name(), cmd, exit, tail.as_deref(), started)
+            .await;
+        result.map_err(|e| e.to_string())
+    }
+
+    /// Journals one command that ran on `server` (best effort: a journal
+    /// write that fails does not fail the operation).
+    pub(crate) async fn journal_command(
+        &self,
+        step: &str,
+        server: &str,
+        cmd: &RemoteCmd,
+        exit: Option<i32>,
+        stderr_tail: Option<&str>,
+        started: Instant,
+    ) {
         if let Ok(pool) = self.ctx.db.pool().await {
             let _ = journal::step_append(
                 pool,
                 self.id,
                 step,
-                Some(app.name()),
+                Some(server),
                 &cmd.argv(),
                 exit,
-                tail.as_deref(),
+                stderr_tail,
                 started.elapsed(),
             )
             .await;
         }
-        result.map_err(|e| e.to_string())
     }
 
     /// Like `run_on` but a non-zero exit is an error naming the program,

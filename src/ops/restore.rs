@@ -465,19 +465,8 @@ async fn journal_stream(
         Ok(x) => (x.status, bounded(&x.stderr_tail)),
         Err(e) => (None, bounded(&e.to_string())),
     };
-    if let Ok(pool) = op.ctx().db.pool().await {
-        let _ = state::deployments::step_append(
-            pool,
-            op.id(),
-            step,
-            Some(server.name()),
-            &cmd.argv(),
-            status,
-            Some(&tail),
-            started.elapsed(),
-        )
+    op.journal_command(step, server.name(), cmd, status, Some(&tail), started)
         .await;
-    }
 }
 
 fn exit_problem(exit: &Result<StreamExit, ExecError>, program: &str) -> Option<String> {
