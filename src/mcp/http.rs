@@ -199,10 +199,21 @@ pub fn router(ctx: Arc<Ctx>, bound: SocketAddr, cancel: CancellationToken) -> Ro
         .with_state(state)
 }
 
+/// The body of an unready `/readyz` or a failed `/tls/ask`: these endpoints
+/// are open (no key), so the cause — a database error naming hosts, roles,
+/// databases — goes to codeb's log only.
+const STATE_DB_UNAVAILABLE: &str = "the state database does not answer (details in codeb's log)\n";
+
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     match s.ctx.db.ping().await {
         Ok(_) => (StatusCode::OK, "ready\n".to_string()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+        Err(e) => {
+            tracing::warn!(error = %e, "readyz: state database unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {STATE_DB_UNAVAILABLE}"),
+            )
+        }
     }
 }
 
@@ -228,7 +239,13 @@ async fn tls_ask(
             StatusCode::NOT_FOUND,
             "not a routed host name\n".to_string(),
         ),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+        Err(e) => {
+            tracing::warn!(error = %e, "tls ask: state database unavailable");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                STATE_DB_UNAVAILABLE.to_string(),
+            )
+        }
     }
 }
 

@@ -165,7 +165,8 @@ pub(crate) struct Op<'a> {
     total: u32,
     phase: u32,
     abort: CancellationToken,
-    heartbeat: tokio::task::JoinHandle<()>,
+    /// Renews the lease; dropped with the operation, whatever ends it.
+    lease: crate::ops::lease::LeaseKeeper,
     /// Set when the last command found the app server unreachable, so a
     /// cleanup does not wait for it once per step.
     app_unreachable: AtomicBool,
@@ -352,10 +353,17 @@ impl<'a> Op<'a> {
         error: Option<&str>,
         result: Option<&serde_json::Value>,
     ) -> Result<(), OpError> {
-        self.heartbeat.abort();
-        let pool = self.ctx.db.pool().await?;
+        let Op {
+            ctx,
+            id,
+            token,
+            lease,
+            ..
+        } = self;
+        lease.finish();
+        let pool = ctx.db.pool().await?;
         let error = error.map(crate::ops::redact::redact);
-        journal::deployment_finish(pool, self.id, self.token, ok, error.as_deref(), result).await?;
+        journal::deployment_finish(pool, id, token, ok, error.as_deref(), result).await?;
         Ok(())
     }
 }
@@ -438,24 +446,13 @@ async fn begin<'a>(
     let row = slots::env_view(pool, project, environment)
         .await?
         .ok_or_else(|| OpError::NotFound(project.to_string()))?;
-    let heartbeat = {
-        let db = ctx.db.clone();
-        let (lease, every) = (
-            ctx.config.lifecycle.lease(),
-            ctx.config.lifecycle.lease_heartbeat(),
-        );
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let Ok(pool) = db.pool().await else { continue };
-                match journal::deployment_heartbeat(pool, id, token, lease).await {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => tracing::warn!(%id, error = %e, "lease heartbeat failed"),
-                }
-            }
-        })
-    };
+    let lease = crate::ops::lease::LeaseKeeper::start(
+        ctx.db.clone(),
+        id,
+        token,
+        ctx.config.lifecycle.lease(),
+        ctx.config.lifecycle.lease_heartbeat(),
+    );
     Ok(Ok(Op {
         ctx,
         id,
@@ -465,7 +462,7 @@ async fn begin<'a>(
         total,
         phase: 0,
         abort,
-        heartbeat,
+        lease,
         app_unreachable: AtomicBool::new(false),
     }))
 }

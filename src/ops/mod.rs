@@ -10,6 +10,7 @@ pub mod domains;
 pub mod drift;
 pub mod env;
 pub mod health;
+pub mod lease;
 pub mod lifecycle;
 pub mod observe;
 pub mod pdns;

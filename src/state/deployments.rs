@@ -207,6 +207,26 @@ pub async fn deployment_heartbeat(
     Ok(n == 1)
 }
 
+/// Lets the lease of a running operation run out now (its task ended
+/// without recording an end), so the next operation recovers it; `false`
+/// when it was no longer running under `fencing_token`.
+pub async fn deployment_give_up_lease(
+    pool: &PgPool,
+    id: Uuid,
+    fencing_token: i64,
+) -> Result<bool, DbError> {
+    let n = sqlx::query(
+        "UPDATE deployments SET lease_expires_at = now()
+          WHERE id = $1 AND fencing_token = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(fencing_token)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
+
 /// Ends an operation; `false` when the lease was lost before.
 pub async fn deployment_finish(
     pool: &PgPool,

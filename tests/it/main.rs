@@ -17,6 +17,7 @@ mod env;
 mod faults;
 mod files;
 mod injection;
+mod leases;
 mod lifecycle;
 mod lifecycle_faults;
 mod matrix;

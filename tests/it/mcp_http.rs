@@ -246,3 +246,52 @@ async fn host_origin_and_body_limits() {
     assert!(metrics.contains("codeb_http_requests_total "), "{metrics}");
     let _ = testbed();
 }
+
+/// `/readyz` and `/tls/ask` answer without a key, so an unready state
+/// database is reported without its cause: database, role and host names
+/// stay in codeb's log. The fresh state database's random name is the
+/// canary; dropping the database under the running server makes every new
+/// connection fail with an error that names it.
+#[tokio::test(flavor = "multi_thread")]
+async fn open_endpoints_do_not_echo_database_errors() {
+    use super::common::FreshStateDb;
+    use std::time::{Duration, Instant};
+    let fresh = FreshStateDb::create("ready").await;
+    let env = [("CODEB_DATABASE__URL", fresh.url.as_str())];
+    let server = HttpServer::start_with(&testbed().config, &env).await;
+    let base = server.url.trim_end_matches("/mcp").to_string();
+    let plain = reqwest::Client::new();
+    let get = |path: &str| plain.get(format!("{base}{path}")).send();
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    fresh.drop().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let resp = get("/readyz").await.unwrap();
+        if resp.status() == 503 {
+            break resp.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "readyz never became 503");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        body,
+        "not ready: the state database does not answer (details in codeb's log)\n"
+    );
+    let resp = get("/tls/ask?domain=shop.codeb.test").await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let ask = resp.text().await.unwrap();
+    for text in [&body, &ask] {
+        assert!(!text.contains(&fresh.name), "database name echoed: {text}");
+        assert!(!text.contains("codeb@"), "{text}");
+    }
+    // The cause is in the operator's log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log.lock().unwrap().contains(&fresh.name) {
+        assert!(
+            Instant::now() < deadline,
+            "cause not logged: {}",
+            server.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
