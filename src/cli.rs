@@ -191,7 +191,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                         return Ok(ExitCode::from(EXIT_CONFIG));
                     }
                 };
-                server = server.with_default_caller(Some(caller));
+                server = server.with_stdio_key(key.trim().to_string(), caller);
             }
             let server = server.serve(rmcp::transport::stdio()).await?;
             tokio::select! {

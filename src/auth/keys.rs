@@ -206,6 +206,14 @@ impl KeyVerifier {
         Ok(caller)
     }
 
+    /// Like `verify`, but always asks the database (and refreshes the
+    /// cache): for a long-lived caller whose revocation must count at once.
+    pub async fn verify_fresh(&self, key: &str) -> Result<Caller, KeyError> {
+        let digest = hash_key(key);
+        self.cache.lock().expect("key cache lock").remove(&digest);
+        self.verify(key).await
+    }
+
     /// Forgets a key at once (after a revocation in this process).
     pub fn forget(&self, key_id: Uuid) {
         self.cache
@@ -237,6 +245,28 @@ impl KeyVerifier {
                 }
             }
         });
+    }
+}
+
+/// A key codeb holds to act with (stdio's `CODEB_API_KEY`): never printed,
+/// not even by `Debug`.
+pub struct PresentedKey(String);
+
+impl PresentedKey {
+    /// Wraps `key`.
+    pub fn new(key: String) -> Self {
+        Self(key)
+    }
+
+    /// The key itself, to verify it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for PresentedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PresentedKey([redacted])")
     }
 }
 

@@ -5,5 +5,5 @@
 pub mod keys;
 pub mod roles;
 
-pub use keys::{generate_key, hash_key, parse_key, KeyError, KeyVerifier, ParsedKey};
+pub use keys::{generate_key, hash_key, parse_key, KeyError, KeyVerifier, ParsedKey, PresentedKey};
 pub use roles::required_role;

@@ -14,12 +14,18 @@ use crate::model::ServerRole;
 #[derive(Clone)]
 pub struct Fleet {
     servers: Arc<Vec<(ServerConfig, Arc<dyn Remote>)>>,
+    /// The private SSH control directory this fleet made, if any.
+    control_dir: Option<Arc<PathBuf>>,
 }
 
 impl Fleet {
     /// Executors for every server in `config`; connects nothing yet.
     pub fn from_config(config: &Config) -> Self {
-        let control_dir = control_directory();
+        let control_dir = config
+            .servers
+            .iter()
+            .any(|s| !s.is_local())
+            .then(control_directory);
         let servers = config
             .servers
             .iter()
@@ -31,13 +37,15 @@ impl Fleet {
                         config.ssh.max_channels,
                     ))
                 } else {
-                    Arc::new(SshRemote::new(s, &config.ssh, control_dir.clone()))
+                    let dir = control_dir.clone().expect("made for SSH servers");
+                    Arc::new(SshRemote::new(s, &config.ssh, dir))
                 };
                 (s.clone(), remote)
             })
             .collect();
         Self {
             servers: Arc::new(servers),
+            control_dir: control_dir.map(Arc::new),
         }
     }
 
@@ -45,6 +53,7 @@ impl Fleet {
     pub fn from_parts(parts: Vec<(ServerConfig, Arc<dyn Remote>)>) -> Self {
         Self {
             servers: Arc::new(parts),
+            control_dir: None,
         }
     }
 
@@ -63,23 +72,48 @@ impl Fleet {
         for (_, r) in self.servers.iter() {
             r.close().await;
         }
+        if let Some(dir) = &self.control_dir {
+            let _ = std::fs::remove_dir_all(dir.as_path());
+        }
     }
 }
 
-/// Where SSH control sockets live: `$XDG_RUNTIME_DIR/codeb` or the temp dir.
+/// Where SSH control sockets live: a directory this process creates for
+/// itself, exclusively and with mode 0700, under `$XDG_RUNTIME_DIR` or
+/// else the system temp dir. Whoever can write to the control directory
+/// can stand in for a server's control socket, so no existing directory is
+/// trusted — not even one of the same name left by a run before. It is
+/// removed when the fleet closes.
 fn control_directory() -> PathBuf {
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
         .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join("codeb-ssh");
-    if std::fs::create_dir_all(&dir).is_ok() {
+    let mut last_error = None;
+    for _ in 0..CONTROL_DIR_ATTEMPTS {
+        let dir = base.join(format!(
+            "codeb-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..CONTROL_DIR_RANDOM_CHARS]
+        ));
+        let mut builder = std::fs::DirBuilder::new();
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
         }
-        dir
-    } else {
-        std::env::temp_dir()
+        match builder.create(&dir) {
+            Ok(()) => return dir,
+            Err(e) => last_error = Some(e),
+        }
     }
+    // SSH then fails to open its master and says so on the first command;
+    // nothing is ever placed in a directory codeb did not make.
+    tracing::error!(base = %base.display(), error = ?last_error, "cannot create a private SSH control directory");
+    base.join("codeb-ssh-unavailable")
 }
+
+/// Fresh names tried for the control directory before giving up.
+const CONTROL_DIR_ATTEMPTS: usize = 5;
+/// Random hex digits in its name: short, because the sockets inside must
+/// fit a Unix socket path (108 bytes) with openssh's own additions.
+const CONTROL_DIR_RANDOM_CHARS: usize = 12;

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use rmcp::handler::server::wrapper::{Json, Parameters};
-use rmcp::model::{CallToolRequestParams, CallToolResponse, ContentBlock};
+use rmcp::model::{CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock};
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_router, ErrorData, RoleServer};
 use schemars::JsonSchema;
@@ -41,6 +41,19 @@ struct Call {
     client_name: Option<String>,
     client_version: Option<String>,
     request_id: String,
+}
+
+/// The text blocks of a tool result, joined.
+fn error_text(r: &CallToolResult) -> String {
+    let text: Vec<&str> = r
+        .content
+        .iter()
+        .filter_map(|c| match c {
+            ContentBlock::Text(t) => Some(t.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    text.join("\n")
 }
 
 impl CallAudit {
@@ -89,20 +102,23 @@ impl CallAudit {
     pub fn finish(self, result: &Result<CallToolResponse, ErrorData>) {
         let (outcome, error) = match result {
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => {
-                let text: Vec<&str> = r
-                    .content
-                    .iter()
-                    .filter_map(|c| match c {
-                        ContentBlock::Text(t) => Some(t.text.as_str()),
-                        _ => None,
-                    })
-                    .collect();
-                (AuditOutcome::ToolError, Some(text.join("\n")))
+                (AuditOutcome::ToolError, Some(error_text(r)))
             }
             Ok(_) => (AuditOutcome::Ok, None),
             Err(e) => (AuditOutcome::ProtocolError, Some(e.message.to_string())),
         };
         self.finish_with(outcome, error.as_deref());
+    }
+
+    /// Queues the row of a call access control refused (`result` is the
+    /// refusal it answered with).
+    pub fn finish_denied(self, result: &Result<CallToolResponse, ErrorData>) {
+        let error = match result {
+            Ok(CallToolResponse::Complete(r)) => Some(error_text(r)),
+            Ok(_) => None,
+            Err(e) => Some(e.message.to_string()),
+        };
+        self.finish_with(AuditOutcome::Denied, error.as_deref());
     }
 
     /// Queues the row with an explicit outcome (e.g. `Denied` by access

@@ -51,6 +51,74 @@ type KeyedLimiter = governor::DefaultKeyedRateLimiter<uuid::Uuid>;
 struct AuthState {
     verifier: Arc<crate::auth::KeyVerifier>,
     limiter: Arc<KeyedLimiter>,
+    refusals: Arc<RefusalAudit>,
+}
+
+/// Audit rows of requests refused before MCP (401, 429). Anyone can send
+/// those at any rate, so their rows are themselves rate limited: past
+/// `REFUSAL_AUDIT_PER_SECOND` (burst `REFUSAL_AUDIT_BURST`) they are
+/// counted, and the next row written says how many were left out.
+struct RefusalAudit {
+    log: crate::ops::audit::AuditLog,
+    limiter: governor::DefaultDirectRateLimiter,
+    left_out: AtomicU64,
+}
+
+/// Audit rows per second for requests refused before MCP.
+const REFUSAL_AUDIT_PER_SECOND: u32 = 20;
+/// Burst of such rows.
+const REFUSAL_AUDIT_BURST: u32 = 100;
+/// The `tool` column of a request refused before MCP (its body is unread).
+pub const REFUSED_REQUEST_TOOL: &str = "(http request)";
+
+impl RefusalAudit {
+    fn new(log: crate::ops::audit::AuditLog) -> Self {
+        let quota = governor::Quota::per_second(
+            std::num::NonZeroU32::new(REFUSAL_AUDIT_PER_SECOND).expect("non-zero"),
+        )
+        .allow_burst(std::num::NonZeroU32::new(REFUSAL_AUDIT_BURST).expect("non-zero"));
+        Self {
+            log,
+            limiter: governor::RateLimiter::direct(quota),
+            left_out: AtomicU64::new(0),
+        }
+    }
+
+    /// Queues the row of one refused request (`caller` when its key was
+    /// valid, as for 429), unless over the row rate.
+    fn record(
+        &self,
+        outcome: crate::ops::audit::AuditOutcome,
+        caller: Option<&crate::ops::lifecycle::Caller>,
+        message: &str,
+    ) {
+        if self.limiter.check().is_err() {
+            self.left_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let left_out = self.left_out.swap(0, Ordering::Relaxed);
+        let error = if left_out > 0 {
+            format!("{message} ({left_out} more refused requests before this one were not audited: over {REFUSAL_AUDIT_PER_SECOND} rows/s)")
+        } else {
+            message.to_string()
+        };
+        self.log.record(crate::state::audit::AuditRecord {
+            at: chrono::Utc::now(),
+            tool: REFUSED_REQUEST_TOOL.into(),
+            arguments: serde_json::json!({}),
+            principal: caller.map_or_else(|| "unauthenticated".into(), |c| c.principal.clone()),
+            team: caller.map_or_else(String::new, |c| c.team.clone()),
+            role: caller.map_or_else(String::new, |c| c.role.as_str().to_string()),
+            client_name: None,
+            client_version: None,
+            project: None,
+            environment: None,
+            request_id: None,
+            outcome: outcome.as_str(),
+            error: Some(error),
+            duration_ms: 0,
+        });
+    }
 }
 
 /// JSON-RPC error code for authentication failures (server-defined range).
@@ -103,7 +171,13 @@ async fn authenticate(
             } else {
                 StatusCode::UNAUTHORIZED
             };
-            let mut resp = jsonrpc_error(status, JSONRPC_UNAUTHORIZED, &e.to_string());
+            let message = e.to_string();
+            auth.refusals.record(
+                crate::ops::audit::AuditOutcome::Unauthenticated,
+                None,
+                &message,
+            );
+            let mut resp = jsonrpc_error(status, JSONRPC_UNAUTHORIZED, &message);
             resp.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer realm=\"codeb\""),
@@ -116,10 +190,16 @@ async fn authenticate(
             use governor::clock::Clock;
             let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let message = format!("rate limit of this API key reached; retry in {secs} s");
+            auth.refusals.record(
+                crate::ops::audit::AuditOutcome::RateLimited,
+                Some(&caller),
+                &message,
+            );
             let mut resp = jsonrpc_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 JSONRPC_RATE_LIMITED,
-                &format!("rate limit of this API key reached; retry in {secs} s"),
+                &message,
             );
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
@@ -169,6 +249,7 @@ pub fn router(ctx: Arc<Ctx>, bound: SocketAddr, cancel: CancellationToken) -> Ro
         limiter: Arc::new(governor::RateLimiter::keyed(governor::Quota::per_minute(
             per_minute,
         ))),
+        refusals: Arc::new(RefusalAudit::new(ctx.audit.clone())),
     };
     let service = StreamableHttpService::new(
         move || Ok(shared.session()),

@@ -71,11 +71,28 @@ impl CodebServer {
         request: &CallToolRequestParams,
         context: &RequestContext<RoleServer>,
     ) -> Result<Caller, CallToolResult> {
-        let Some(caller) = self.request_caller(context) else {
+        let Some(mut caller) = self.request_caller(context) else {
             return Err(denied(
                 "not authenticated: send an API key (Authorization: Bearer codeb_...)".into(),
             ));
         };
+        let over_http = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .is_some_and(|p| p.extensions.get::<Caller>().is_some());
+        if let (false, Some(key)) = (over_http, &self.stdio_key) {
+            // stdio with CODEB_API_KEY: the key checked at start may have
+            // been revoked or have expired since.
+            caller = self
+                .verifier
+                .verify_fresh(key.expose())
+                .await
+                .map_err(|e| {
+                    denied(format!(
+                        "CODEB_API_KEY is refused: {e}; restart codeb serve with a valid key"
+                    ))
+                })?;
+        }
         let tool = request.name.as_ref();
         if let Some(needed) = required_role(tool) {
             if caller.role < needed {

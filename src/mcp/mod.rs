@@ -106,6 +106,9 @@ pub struct CodebServer {
     /// CLI) or the `CODEB_API_KEY` caller; None over HTTP, where every
     /// request carries the caller its key authenticated.
     default_caller: Option<Arc<Caller>>,
+    /// The `CODEB_API_KEY` a stdio server acts with: verified again on
+    /// every call, so a revoked or expired key stops working at once.
+    stdio_key: Option<Arc<crate::auth::PresentedKey>>,
     /// Shared key verification (HTTP middleware and key tools).
     verifier: Arc<KeyVerifier>,
     /// Project name -> owning team, briefly cached (team scoping).
@@ -126,6 +129,7 @@ impl CodebServer {
             tools,
             log_level: Arc::new(std::sync::Mutex::new(None)),
             default_caller: Some(Arc::new(Caller::local_owner())),
+            stdio_key: None,
             verifier,
             project_teams: Arc::default(),
         }
@@ -135,6 +139,14 @@ impl CodebServer {
     /// with `CODEB_API_KEY`), or for nobody (HTTP: None).
     pub fn with_default_caller(mut self, caller: Option<Caller>) -> Self {
         self.default_caller = caller.map(Arc::new);
+        self
+    }
+
+    /// This (stdio) server acting with `key`, already verified as `caller`;
+    /// every call verifies the key again.
+    pub fn with_stdio_key(mut self, key: String, caller: Caller) -> Self {
+        self.default_caller = Some(Arc::new(caller));
+        self.stdio_key = Some(Arc::new(crate::auth::PresentedKey::new(key)));
         self
     }
 
@@ -455,8 +467,12 @@ impl ServerHandler for CodebServer {
         let audit =
             audit_query::CallAudit::begin(&self.ctx.audit, audit_caller, &request, &context);
         // Access control (DESIGN §6): role, then team of the project or handle.
+        let mut denied = false;
         let mut result = match self.authorize_call(&request, &context).await {
-            Err(denied) => Ok(CallToolResponse::Complete(denied)),
+            Err(refusal) => {
+                denied = true;
+                Ok(CallToolResponse::Complete(refusal))
+            }
             Ok(caller) => {
                 let tcc = ToolCallContext::new(self, request, context);
                 CALLER.scope(caller, self.tools.call(tcc)).await
@@ -474,11 +490,16 @@ impl ServerHandler for CodebServer {
             }
         }
         let outcome = match &result {
+            _ if denied => "denied",
             Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => "tool_error",
             Ok(_) => "ok",
             Err(_) => "protocol_error",
         };
-        audit.finish(&result);
+        if denied {
+            audit.finish_denied(&result);
+        } else {
+            audit.finish(&result);
+        }
         tracing::info!(
             tool = ?name,
             outcome,

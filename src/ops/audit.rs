@@ -62,6 +62,10 @@ pub enum AuditOutcome {
     Denied,
     /// Answered with a JSON-RPC error (unknown tool, outage, bug).
     ProtocolError,
+    /// An HTTP request refused before MCP: no valid key (401).
+    Unauthenticated,
+    /// An HTTP request refused before MCP: the key's rate limit (429).
+    RateLimited,
 }
 
 impl AuditOutcome {
@@ -72,6 +76,8 @@ impl AuditOutcome {
             Self::ToolError => "tool_error",
             Self::Denied => "denied",
             Self::ProtocolError => "protocol_error",
+            Self::Unauthenticated => "unauthenticated",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

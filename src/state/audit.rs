@@ -32,7 +32,8 @@ pub struct AuditRecord {
     pub environment: Option<String>,
     /// The JSON-RPC request id.
     pub request_id: Option<String>,
-    /// `ok`, `tool_error`, `denied` or `protocol_error` (constraint `audit_log_outcome`).
+    /// `ok`, `tool_error`, `denied`, `protocol_error`, `unauthenticated` or
+    /// `rate_limited` (constraint `audit_log_outcome`).
     pub outcome: &'static str,
     /// Redacted, bounded error text.
     pub error: Option<String>,

@@ -671,3 +671,68 @@ async fn writer_batches_rows_into_the_table(pool: sqlx::PgPool) {
     .unwrap();
     assert_eq!(page.len(), 260, "everything written by shutdown");
 }
+
+/// A call access control refuses — a viewer deploying, another team's
+/// project — is audited as `denied`, not as a tool error.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_refusals_are_audited_as_denied() {
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let pool = db().await;
+    let team_b = unique_team("audit-deny");
+    let viewer = {
+        use rmcp::ServiceExt;
+        client_info()
+            .serve(http_transport(&server.url, &mint_key("default", "viewer")))
+            .await
+            .expect("http initialize")
+    };
+    let other_team = {
+        use rmcp::ServiceExt;
+        client_info()
+            .serve(http_transport(&server.url, &mint_key(&team_b, "owner")))
+            .await
+            .expect("http initialize")
+    };
+    let p = unique_project("audit-deny");
+    insert_project(&pool, &p).await;
+    let r = call_ok(
+        &viewer,
+        "deploy",
+        json!({"project": p, "environment": "staging", "image": "registry.test/x:1"}),
+    )
+    .await;
+    assert!(error_text(&r).contains("member role"));
+    let r = call_ok(
+        &other_team,
+        "slot_status",
+        json!({"project": p, "environment": "staging"}),
+    )
+    .await;
+    error_text(&r);
+    let admin = http_client(&server).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let entries = loop {
+        let entries = audit_entries(&admin, json!({"project": p})).await;
+        if !entries.is_empty() || Instant::now() > deadline {
+            break entries;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let got: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["tool"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, [("deploy", "denied")], "team default's view");
+    // The other team's refusal is in its own team's rows (the table).
+    let outcome: String =
+        sqlx::query_scalar("SELECT outcome FROM audit_log WHERE team_id = $1 AND project = $2")
+            .bind(&team_b)
+            .bind(&p)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(outcome, "denied");
+    delete_project(&pool, &p).await;
+    delete_teams(&pool, &[&team_b]).await;
+}

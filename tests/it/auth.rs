@@ -433,3 +433,147 @@ async fn resources_and_completion_show_only_the_callers_team() {
     };
     with_cleanup(body, delete_teams(&pool, &[&team_a, &team_b])).await;
 }
+
+/// stdio with `CODEB_API_KEY`: the key is verified again on every call,
+/// so revoking it (here from another process, straight in the database)
+/// stops the running server from acting with it at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn stdio_key_revoked_while_serving_is_refused() {
+    use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+    use rmcp::ServiceExt;
+    let team = super::common::unique_team("stdio-key");
+    let key = mint_key(&team, "admin");
+    let config = super::common::testbed().config.clone();
+    let transport = TokioChildProcess::new(
+        tokio::process::Command::new(super::common::codeb_bin()).configure(|c| {
+            c.arg("--config")
+                .arg(&config)
+                .arg("serve")
+                .env("CODEB_LOG", "warn")
+                .env("CODEB_API_KEY", &key);
+        }),
+    )
+    .expect("spawn codeb serve");
+    let client = ().serve(transport).await.expect("stdio initialize");
+    let r = call(&client, "project_list", json!({})).await;
+    assert_ne!(r.is_error, Some(true), "{}", error_text(&r));
+    let pool = super::common::db().await;
+    let revoked = sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE key_sha256 = $1")
+        .bind(codeb::auth::hash_key(&key).to_vec())
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(revoked, 1);
+    let r = call(&client, "project_list", json!({})).await;
+    assert_eq!(r.is_error, Some(true), "a revoked key still acts");
+    let text = error_text(&r);
+    assert!(
+        text.contains("CODEB_API_KEY") && text.contains("revoked"),
+        "{text}"
+    );
+    assert!(!text.contains(&key), "{text}");
+    client.cancel().await.unwrap();
+    super::common::delete_teams(&pool, &[&team]).await;
+}
+
+/// Requests refused before MCP are audited (DESIGN §6): 401s as
+/// `unauthenticated` without the presented key, a 429 as `rate_limited`
+/// under the key's principal and team. The server has a state database of
+/// its own, so the rows counted are exactly this test's.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_requests_are_audited() {
+    use super::common::{FreshStateDb, RATE_LIMIT_VAR};
+    use std::time::{Duration, Instant};
+    let _guard = FAULT_LOCK.read().await;
+    let fresh = FreshStateDb::create("audit401").await;
+    let env = [
+        ("CODEB_DATABASE__URL", fresh.url.as_str()),
+        (RATE_LIMIT_VAR, "2"),
+    ];
+    let server = HttpServer::start_with(&super::common::testbed().config, &env).await;
+    // A well-formed key that does not exist: its token is the canary.
+    let canary = format!("Canary{}", uuid::Uuid::new_v4().simple());
+    let unknown = format!("codeb_default_owner_{canary}");
+    let refused = [
+        post_raw(&server.url, &[]).await.status(),
+        post_raw(&server.url, &[("x-api-key", "codeb_nonsense")])
+            .await
+            .status(),
+        post_raw(&server.url, &[("x-api-key", unknown.as_str())])
+            .await
+            .status(),
+    ];
+    assert_eq!(refused.map(|s| s.as_u16()), [401, 401, 401]);
+    let key = server.key.as_str();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(
+            post_raw(&server.url, &[("x-api-key", key)])
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses[2], 429, "{statuses:?}");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!(
+            "{}/{}",
+            super::common::testbed()
+                .database_url()
+                .rsplit_once('/')
+                .unwrap()
+                .0,
+            fresh.name
+        ))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rows: Vec<(String, String, Option<String>, Option<String>, String)> = loop {
+        let rows = sqlx::query_as(
+            "SELECT outcome, principal, team_id, error, row_to_json(a)::text
+               FROM audit_log a ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if rows.len() >= 4 {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "rows so far: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            "unauthenticated",
+            "unauthenticated",
+            "unauthenticated",
+            "rate_limited"
+        ],
+        "{rows:?}"
+    );
+    for (_, principal, _, error, _) in &rows[..3] {
+        assert_eq!(principal, "unauthenticated");
+        assert!(
+            error.as_deref().unwrap_or("").contains("API key"),
+            "{error:?}"
+        );
+    }
+    let limited = &rows[3];
+    assert!(limited.1.starts_with("key:"), "{limited:?}");
+    assert_eq!(limited.2.as_deref(), Some("default"));
+    for row in &rows {
+        assert!(
+            !row.4.contains(&canary),
+            "the presented key is audited: {}",
+            row.4
+        );
+        assert!(!row.4.contains(key), "{}", row.4);
+    }
+    pool.close().await;
+    drop(server);
+    fresh.drop().await;
+}

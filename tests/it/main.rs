@@ -30,6 +30,7 @@ mod project_delete;
 mod restore;
 mod schemas;
 mod secrets;
+mod ssh_control;
 mod storage;
 mod validators;
 mod zero_downtime;
