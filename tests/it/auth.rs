@@ -530,7 +530,9 @@ async fn refused_requests_are_audited() {
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let rows: Vec<(String, String, Option<String>, Option<String>, String)> = loop {
+    /// outcome, principal, team, error, the whole row as JSON.
+    type Row = (String, String, Option<String>, Option<String>, String);
+    let rows: Vec<Row> = loop {
         let rows = sqlx::query_as(
             "SELECT outcome, principal, team_id, error, row_to_json(a)::text
                FROM audit_log a ORDER BY id",
