@@ -531,98 +531,136 @@ async fn names_under_the_base_preview_and_route_zones_are_refused() {
     with_cleanup(body, cleanup).await;
 }
 
-/// Another team's domain is "taken" without a word about whose it is;
-/// a zone codeb created for another team is theirs.
-#[tokio::test(flavor = "multi_thread")]
-async fn another_teams_domain_and_zone_are_refused() {
-    let _guard = FAULT_LOCK.read().await;
-    let zone = format!(
-        "own-{}.test",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
-    let managed = format!("[\"example.test\", \"{zone}\"]");
-    let server = HttpServer::start_with(
-        &testbed().config,
-        &[("CODEB_DNS__MANAGED_ZONES", managed.as_str())],
-    )
-    .await;
+type Client = rmcp::service::RunningService<rmcp::RoleClient, ()>;
+
+/// Team A (a member) and team B (a member and an owner), one project each,
+/// on a server with `managed` zones.
+struct TwoTeams {
+    _server: HttpServer,
+    team_a: String,
+    team_b: String,
+    a: Client,
+    b: Client,
+    b_owner: Client,
+    pa: String,
+    pb: String,
+}
+
+async fn two_teams(managed: &str) -> TwoTeams {
+    let server =
+        HttpServer::start_with(&testbed().config, &[("CODEB_DNS__MANAGED_ZONES", managed)]).await;
     let pool = db().await;
     let (team_a, team_b) = (unique_team("nma"), unique_team("nmb"));
     let a = server.client_with_key(&mint_key(&team_a, "member")).await;
     let b = server.client_with_key(&mint_key(&team_b, "member")).await;
     let b_owner = server.client_with_key(&mint_key(&team_b, "owner")).await;
     let (pa, pb) = (unique_project("nmpa"), unique_project("nmpb"));
+    insert_project_of(&pool, &pa, &team_a).await;
+    insert_project_of(&pool, &pb, &team_b).await;
+    TwoTeams {
+        _server: server,
+        team_a,
+        team_b,
+        a,
+        b,
+        b_owner,
+        pa,
+        pb,
+    }
+}
+
+/// Another team's domain is "taken", without a word about whose it is —
+/// for its members and owners, with or without takeover.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_teams_domain_is_taken_without_saying_whose() {
+    let _guard = FAULT_LOCK.read().await;
+    let t = two_teams("[\"example.test\"]").await;
+    let pool = db().await;
     // Named apart from the project, so that a message naming the domain
     // does not name the project.
     let domain = format!(
         "d-{}.example.test",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let in_zone = format!("www.{zone}");
     let body = async {
-        insert_project_of(&pool, &pa, &team_a).await;
-        insert_project_of(&pool, &pb, &team_b).await;
-
-        // Team A's domain.
-        structured(&call(&a, "domain_setup", setup_args(&pa, &domain)).await);
-        for (who, client) in [("member", &b), ("owner", &b_owner)] {
-            for takeover in [false, true] {
-                let mut args = setup_args(&pb, &domain);
-                if takeover {
-                    args["takeover"] = json!(true);
-                }
-                let r = call(client, "domain_setup", args).await;
-                if who == "member" && takeover {
-                    continue;
-                }
-                let text = error_text(&r);
-                assert_eq!(
-                    text,
-                    format!("domain {domain} is taken: another team has set it up; choose another domain"),
-                    "{who}, takeover {takeover}"
-                );
-                assert!(!text.contains(&pa) && !text.contains(&team_a), "{text}");
+        structured(&call(&t.a, "domain_setup", setup_args(&t.pa, &domain)).await);
+        for (who, client, takeover) in [
+            ("member", &t.b, false),
+            ("owner", &t.b_owner, false),
+            ("owner", &t.b_owner, true),
+        ] {
+            let mut args = setup_args(&t.pb, &domain);
+            if takeover {
+                args["takeover"] = json!(true);
             }
+            let text = error_text(&call(client, "domain_setup", args).await);
+            assert_eq!(
+                text,
+                format!(
+                    "domain {domain} is taken: another team has set it up; choose another domain"
+                ),
+                "{who}, takeover {takeover}"
+            );
+            assert!(!text.contains(&t.pa) && !text.contains(&t.team_a), "{text}");
         }
-        assert_eq!(domain_row(&domain).await.map(|r| r.0), Some(pa.clone()));
+        assert_eq!(domain_row(&domain).await.map(|r| r.0), Some(t.pa.clone()));
         assert_eq!(dig_a(&domain).await, vec![app_address()]);
+    };
+    let cleanup = async {
+        forget_domain(&domain).await;
+        delete_teams(&pool, &[&t.team_a, &t.team_b]).await;
+    };
+    with_cleanup(body, cleanup).await;
+}
 
-        // A zone codeb creates for team A.
-        let v = structured(&call(&a, "domain_setup", setup_args(&pa, &in_zone)).await).clone();
+/// A zone codeb created for team A (a managed zone) is team A's: team B's
+/// members and owners are refused every name in it, its apex too; team A
+/// adds more names.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zone_codeb_created_for_another_team_is_theirs() {
+    let _guard = FAULT_LOCK.read().await;
+    let zone = format!(
+        "own-{}.test",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let t = two_teams(&format!("[\"example.test\", \"{zone}\"]")).await;
+    let pool = db().await;
+    let (in_zone, more) = (format!("www.{zone}"), format!("api.{zone}"));
+    let body = async {
+        let v = structured(&call(&t.a, "domain_setup", setup_args(&t.pa, &in_zone)).await).clone();
         assert_eq!(v["zone_created"], json!(true), "{v}");
-        let owner: String = sqlx::query_scalar("SELECT team_id FROM zones WHERE zone = $1")
-            .bind(&zone)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        assert_eq!(owner, team_a);
         for name in [format!("b.{zone}"), zone.clone()] {
-            for client in [&b, &b_owner] {
-                let r = call(client, "domain_setup", setup_args(&pb, &name)).await;
-                let text = error_text(&r);
+            for client in [&t.b, &t.b_owner] {
+                let text =
+                    error_text(&call(client, "domain_setup", setup_args(&t.pb, &name)).await);
                 assert!(
                     text.contains(&format!(
                         "is in zone {zone}, which codeb created for another team"
                     )),
                     "{name}: {text}"
                 );
-                assert!(!text.contains(&team_a) && !text.contains(&pa), "{text}");
+                assert!(!text.contains(&t.team_a) && !text.contains(&t.pa), "{text}");
             }
             assert_eq!(domain_row(&name).await, None);
         }
-        // Team A itself may add names to its zone.
-        structured(&call(&a, "domain_setup", setup_args(&pa, &format!("api.{zone}"))).await);
+        structured(&call(&t.a, "domain_setup", setup_args(&t.pa, &more)).await);
+        // Recorded as team A's.
+        let owner: Option<String> = sqlx::query_scalar("SELECT team_id FROM zones WHERE zone = $1")
+            .bind(&zone)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+        assert_eq!(owner.as_deref(), Some(t.team_a.as_str()));
     };
     let cleanup = async {
-        forget_domain(&domain).await;
-        let _ = sqlx::query("DELETE FROM domains WHERE hostname LIKE '%.' || $1")
-            .bind(&zone)
+        let _ = sqlx::query("DELETE FROM domains WHERE hostname = ANY($1)")
+            .bind(vec![in_zone.clone(), more.clone()])
             .execute(&pool)
             .await;
         let ctx = ctx();
         if let Ok(c) = pdns_client(&ctx).await {
-            for d in [in_zone.clone(), format!("api.{zone}")] {
-                let name = route_rrset_name(&d, &ctx.config.routing.route_zone);
+            for d in [&in_zone, &more] {
+                let name = route_rrset_name(d, &ctx.config.routing.route_zone);
                 let _ = c
                     .patch_rrsets(
                         &ctx.config.routing.route_zone,
@@ -632,7 +670,7 @@ async fn another_teams_domain_and_zone_are_refused() {
             }
             let _ = c.delete_zone(&zone).await;
         }
-        delete_teams(&pool, &[&team_a, &team_b]).await;
+        delete_teams(&pool, &[&t.team_a, &t.team_b]).await;
     };
     with_cleanup(body, cleanup).await;
 }
