@@ -130,7 +130,7 @@ struct Checked {
 fn foreign_refusal(domain: &str, foreign: &[String]) -> String {
     format!(
         "domain {domain} already has records codeb did not make ({}); codeb does not replace them. \
-         If the name is yours, remove those records at its DNS host, or an owner of your team \
+         If the name is yours, have those records removed from PowerDNS, or an owner of your team \
          may call domain_setup again with takeover: true (recorded) to replace them",
         foreign.join(", ")
     )
