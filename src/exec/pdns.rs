@@ -27,6 +27,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::plan::dns::{absolute_name, parse_srv_content, SrvTarget};
+use crate::plan::names::NameRecord;
 
 /// Header PowerDNS reads the API key from.
 const API_KEY_HEADER: &str = "X-API-Key";
@@ -341,6 +342,32 @@ impl PdnsClient {
             list.sort();
         }
         Ok(found)
+    }
+
+    /// Every record at exactly `name` in `zone` (all types, disabled ones
+    /// too), sorted by type and content: what is there before codeb
+    /// changes a name.
+    pub async fn records_at(&self, zone: &str, name: &str) -> Result<Vec<NameRecord>, PdnsError> {
+        let zone = absolute_name(zone);
+        let name = absolute_name(name);
+        let mut url = self.url(&["zones", &zone])?;
+        url.query_pairs_mut().append_pair("rrset_name", &name);
+        let doc = self.zone_doc(url, &zone).await?;
+        let mut out: Vec<NameRecord> = doc
+            .rrsets
+            .into_iter()
+            .filter(|r| absolute_name(&r.name) == name)
+            .flat_map(|r| {
+                let rtype = r.rtype;
+                r.records.into_iter().map(move |rec| NameRecord {
+                    rtype: rtype.clone(),
+                    content: rec.content,
+                    disabled: rec.disabled,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.rtype, &a.content).cmp(&(&b.rtype, &b.content)));
+        Ok(out)
     }
 
     /// Cheap authenticated check (GET /api/v1/servers/{id}): the API answers

@@ -1,6 +1,7 @@
 //! `domain_setup`: point a domain at the app server (PowerDNS A/AAAA,
 //! checked over DNS) and route it to a project environment's active slot
-//! (SRV rrset, checked through Caddy). Undone on failure.
+//! (SRV rrset, checked through Caddy). Undone on failure. Names codeb did
+//! not make are replaced only on an owner's `takeover` (recorded).
 
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::service::RequestContext;
@@ -21,11 +22,14 @@ pub struct DomainSetupParams {
     pub project: String,
     /// production, staging or preview.
     pub environment: Environment,
-    /// Domain, e.g. `shop.example.com` (punycode `xn--`, no wildcards).
+    /// Domain, e.g. `shop.example.com` (punycode, no wildcards).
     pub domain: String,
     /// Plan only (dry run).
     #[serde(default)]
     pub dry_run: bool,
+    /// Owner only: replace records codeb did not make.
+    #[serde(default)]
+    pub takeover: bool,
 }
 
 /// Result of domain_setup.
@@ -59,7 +63,7 @@ pub struct DomainSetupResult {
 
 #[tool_router(router = domain_setup_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Point a domain at the app server (A/AAAA, checked over DNS) and route it to the environment's active slot (checked through Caddy); undone on failure.
+    /// Point a domain at the app server (A/AAAA, DNS-checked), route it to the environment's active slot (Caddy-checked); undone on failure.
     #[tool(
         name = "domain_setup",
         title = "Set up a domain",
@@ -86,6 +90,7 @@ impl CodebServer {
                 p.environment,
                 &p.domain,
                 p.dry_run,
+                p.takeover,
                 &caller,
                 progress,
                 abort,
@@ -98,11 +103,16 @@ impl CodebServer {
         let strings = |v: &[std::net::IpAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
         let summary = if dry_run {
             format!(
-                "dry run: would set up {} for {} {} in {} steps; nothing changed",
+                "dry run: would set up {} for {} {} in {} steps{}; nothing changed",
                 o.domain,
                 p.project,
                 p.environment,
-                o.steps.len()
+                o.steps.len(),
+                if o.took_over.is_empty() {
+                    String::new()
+                } else {
+                    format!(", taking over {}", o.took_over.join(", "))
+                }
             )
         } else {
             let route = match &o.route {
@@ -114,8 +124,16 @@ impl CodebServer {
                 }
                 _ => "route pending: no active slot yet, the first promote routes it".into(),
             };
+            let took_over = if o.took_over.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "took over (recorded): replaced {}; ",
+                    o.took_over.join(", ")
+                )
+            };
             format!(
-                "{}{} answers {} over DNS; {route}",
+                "{}{took_over}{} answers {} over DNS; {route}",
                 if o.already {
                     "already set up, checked again: "
                 } else {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mcp::CodebServer;
 use crate::model::{describe_input, validate_project_name, Environment, StorageNames};
-use crate::ops::project::{create_project, CreateError};
+use crate::ops::project::{check_new_project_name, create_project, CreateError};
 use crate::plan::storage::{env_local_text, PROTECTED_KEYS, REDIS_PREFIX_KEY};
 use crate::state;
 /// Project types codeb knows.
@@ -105,6 +105,9 @@ impl CodebServer {
         }
         let team = self.caller_team();
         if p.dry_run {
+            check_new_project_name(self.ctx(), &p.project)
+                .await
+                .map_err(|e| e.to_string())?;
             return self.project_create_dry_run(p.project, kind, team).await;
         }
         let created = create_project(

@@ -1,7 +1,10 @@
 //! `domain_delete` (critical, DESIGN §6): takes a domain codeb set up off
 //! the air — its SRV route, then its A/AAAA records, then its row. The
 //! plan is what PowerDNS holds for it now; an approval of that plan does
-//! not apply once the records changed.
+//! not apply once the records changed. Like project_delete, it removes an
+//! A or AAAA rrset only while it holds exactly what codeb set: records
+//! someone changed outside codeb are not codeb's to delete (DESIGN §6
+//! "Names have owners").
 
 use std::time::Instant;
 
@@ -14,7 +17,8 @@ use crate::ops::critical::{stale_plan_message, CriticalPlan};
 use crate::ops::lifecycle::{begin_op, patch_routes, Caller, OpError, ProgressTx};
 use crate::ops::pdns::with_pdns;
 use crate::ops::Ctx;
-use crate::plan::dns::{address_restore_body, route_rrset_name, zone_for, RrsetChange};
+use crate::plan::dns::{route_rrset_name, zone_for, RrsetChange};
+use crate::plan::project_delete::{address_delete_body, address_rrset_is_ours};
 use crate::state::domains as rows;
 
 /// Progress phases of domain_delete.
@@ -39,6 +43,9 @@ struct Observed {
     environment: Environment,
     plan: CriticalPlan,
     zone: Option<String>,
+    /// Whether the A and the AAAA rrset are codeb's to delete.
+    delete_a: bool,
+    delete_aaaa: bool,
 }
 
 /// The normalised domain, the environment it routes to and its kind, from
@@ -97,22 +104,40 @@ async fn observe(ctx: &Ctx, project: &str, domain: &str) -> Result<Observed, OpE
         .await
         .map_err(|e| OpError::Refused(format!("cannot read {domain}'s records: {e}")))?
     };
+    let v4 = ctx.config.domain_ipv4().map(|a| a.to_string());
+    let v6 = ctx.config.dns.app_ipv6.map(|a| a.to_string());
+    let delete_a = address_rrset_is_ours(a.as_deref(), v4.as_deref());
+    let delete_aaaa = address_rrset_is_ours(aaaa.as_deref(), v6.as_deref());
     let (a, aaaa, srv) = (
         a.unwrap_or_default(),
         aaaa.unwrap_or_default(),
         srv.unwrap_or_default(),
     );
-    let summary =
-        format!(
+    let deleted: Vec<String> = [(&a, delete_a), (&aaaa, delete_aaaa)]
+        .into_iter()
+        .filter(|(_, ours)| *ours)
+        .flat_map(|(c, _)| c.iter().cloned())
+        .collect();
+    let kept: Vec<String> = [(&a, delete_a), (&aaaa, delete_aaaa)]
+        .into_iter()
+        .filter(|(_, ours)| !*ours)
+        .flat_map(|(c, _)| c.iter().cloned())
+        .collect();
+    let summary = format!(
         "delete domain {domain} of {project} {environment}: its route ({} SRV record(s)) stops, \
-         its address records ({}) in zone {} are deleted, then its record in codeb",
+         its address records ({}) in zone {} are deleted{}, then its record in codeb",
         srv.len(),
-        if a.is_empty() && aaaa.is_empty() {
+        if deleted.is_empty() {
             "none left".to_string()
         } else {
-            a.iter().chain(aaaa.iter()).cloned().collect::<Vec<_>>().join(", ")
+            deleted.join(", ")
         },
-        zone.as_deref().unwrap_or("(none)")
+        zone.as_deref().unwrap_or("(none)"),
+        if kept.is_empty() {
+            String::new()
+        } else {
+            format!(" (kept: {}, which codeb did not set)", kept.join(", "))
+        }
     );
     let details = serde_json::json!({
         "domain": domain,
@@ -134,6 +159,8 @@ async fn observe(ctx: &Ctx, project: &str, domain: &str) -> Result<Observed, OpE
         domain,
         environment,
         zone,
+        delete_a,
+        delete_aaaa,
     })
 }
 
@@ -209,16 +236,24 @@ pub async fn domain_delete(
     steps.push(format!("route of {} removed", o.domain));
     // 2. The address records.
     op.phase(format!("deleting the address records of {}", o.domain));
-    if let Some(zone) = &o.zone {
+    if let (Some(zone), true) = (&o.zone, o.delete_a || o.delete_aaaa) {
         let started = Instant::now();
-        let body = address_restore_body(&o.domain, None, None);
+        let body = address_delete_body(&o.domain, o.delete_a, o.delete_aaaa);
         let r = with_pdns(ctx, |cl| {
             let (z, body) = (zone.clone(), body.clone());
             async move { cl.patch_rrsets(&z, &body).await }
         })
         .await;
         let note = match &r {
-            Ok(()) => format!("PATCH zone {zone}: {} A/AAAA deleted", o.domain),
+            Ok(()) => format!(
+                "PATCH zone {zone}: {} deleted",
+                [("A", o.delete_a), ("AAAA", o.delete_aaaa)]
+                    .into_iter()
+                    .filter(|(_, on)| *on)
+                    .map(|(t, _)| format!("{} {t}", o.domain))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Err(e) => format!("PATCH zone {zone} failed: {e}"),
         };
         op.journal_note("address_delete", &note, started.elapsed())

@@ -4,6 +4,17 @@
 //! the route zone, no Caddy reload) and checks the route through Caddy.
 //! It runs as an operation under the (project, environment) lock; every
 //! step is journaled and a failure undoes the earlier steps.
+//!
+//! Names have owners (DESIGN §6): domain_setup refuses names codeb
+//! generates itself (under `base_domain`, the preview domain, the route
+//! zone), a domain of another project, a name in a zone codeb created for
+//! another team (`zones` table), and a name whose A/AAAA/CNAME records
+//! codeb did not make — unless an owner passes `takeover`, which is
+//! recorded on the domain row, in the journal and in the result. codeb
+//! made a name's records when it holds the name's domain row
+//! (`plan::names::foreign_address_records`); domain_delete and
+//! project_delete only remove address records that still hold what codeb
+//! set.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -21,10 +32,11 @@ use crate::ops::lifecycle::{
 use crate::ops::pdns::with_pdns;
 use crate::ops::Ctx;
 use crate::plan::dns::{
-    address_patch_body, address_restore_body, route_rrset_name, zone_create_body, zone_for,
-    RrsetChange,
+    address_patch_body, address_restore_body, cname_restore_rrset, route_rrset_name,
+    zone_create_body, zone_for, RrsetChange,
 };
 use crate::plan::env::EnvView;
+use crate::plan::names::{foreign_address_records, reserved_domain, HostNaming, NameRow};
 use crate::state::domains as rows;
 
 /// How long PowerDNS may take to answer a changed record over DNS.
@@ -88,44 +100,124 @@ pub struct SetupOutcome {
     pub steps: Vec<String>,
     /// True when the domain was already set up for this environment.
     pub already: bool,
+    /// Records codeb did not make that an owner's takeover replaces (or,
+    /// in a dry run, would replace); empty without a takeover.
+    pub took_over: Vec<String>,
 }
 
 /// What domain_setup checks before it changes anything.
 struct Checked {
     domain: String,
     view: EnvView,
+    /// The project's team, which owns the domain and the zones it creates.
+    team: String,
     ipv4: Ipv4Addr,
     ipv6: Option<Ipv6Addr>,
     authoritative: SocketAddr,
     managed_zone: Option<String>,
     existing: bool,
+    /// codeb's domain row of the name, as it was before this setup.
+    row: NameRow,
+    /// The caller passed `takeover` (and is an owner).
+    takeover: bool,
+    /// Records codeb did not make that are there now (read before the
+    /// lock; `apply` reads them again under it). Empty without a takeover:
+    /// any is a refusal then.
+    foreign: Vec<String>,
 }
 
+/// The refusal of a name whose address records codeb did not make.
+fn foreign_refusal(domain: &str, foreign: &[String]) -> String {
+    format!(
+        "domain {domain} already has records codeb did not make ({}); codeb does not replace them. \
+         If the name is yours, have those records removed from PowerDNS, or an owner of your team \
+         may call domain_setup again with takeover: true (recorded) to replace them",
+        foreign.join(", ")
+    )
+}
+
+/// Refuses `domain` when the longest zone holding it that codeb created
+/// belongs to another team than `team`.
+async fn refuse_other_teams_zone(
+    pool: &sqlx::PgPool,
+    domain: &str,
+    team: &str,
+) -> Result<(), OpError> {
+    let zones = crate::state::zones::zones_holding(pool, domain).await?;
+    match zones.first() {
+        Some((zone, owner)) if owner != team => Err(OpError::Refused(format!(
+            "domain {domain} is in zone {zone}, which codeb created for another team and which is theirs; \
+             choose a domain in a zone of your team's or in a zone of your own"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The address records at `domain` codeb did not make, from PowerDNS now
+/// (none when no PowerDNS zone holds the name yet).
+async fn foreign_records_now(
+    ctx: &Ctx,
+    domain: &str,
+    row: NameRow,
+    ipv4: Ipv4Addr,
+    ipv6: Option<Ipv6Addr>,
+) -> Result<Vec<String>, PdnsError> {
+    let d = domain.to_string();
+    let records = with_pdns(ctx, |cl| {
+        let d = d.clone();
+        async move {
+            let zones = cl.zones().await?;
+            match zone_for(&d, zones.iter().map(String::as_str)) {
+                Some(z) => cl.records_at(&z, &d).await,
+                None => Ok(Vec::new()),
+            }
+        }
+    })
+    .await?;
+    Ok(foreign_address_records(
+        &records,
+        row,
+        &ipv4.to_string(),
+        ipv6.map(|v| v.to_string()).as_deref(),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn check(
     ctx: &Ctx,
     project: &str,
     environment: Environment,
     domain: &str,
+    takeover: bool,
+    dry_run: bool,
+    caller: &Caller,
 ) -> Result<Checked, OpError> {
     let domain = normalize_domain(domain, false).map_err(|e| OpError::Invalid(e.0))?;
     validate_project_name(project).map_err(|e| OpError::Invalid(e.0))?;
-    let routing = &ctx.config.routing;
-    for (zone, what) in [
-        (&routing.route_zone, "the route zone"),
-        (&routing.preview_domain, "the preview domain"),
-    ] {
-        if zone_for(&domain, [zone.as_str()]).is_some() {
-            return Err(OpError::Invalid(format!(
-                "domain {domain} is inside {what} ({zone}), which codeb manages itself; choose another domain"
-            )));
-        }
+    if takeover && caller.role < crate::model::Role::Owner {
+        return Err(OpError::Refused(format!(
+            "takeover: true replaces records codeb did not make and needs the owner role (this key is {}); \
+             ask an owner of your team, or call domain_setup without takeover",
+            caller.role.as_str()
+        )));
+    }
+    if let Some(why) = reserved_domain(&domain, &HostNaming::from_config(&ctx.config)) {
+        return Err(OpError::Refused(why));
     }
     let pool = ctx.db.pool().await?;
     let row = crate::state::slots::env_view(pool, project, environment)
         .await?
         .ok_or_else(|| OpError::NotFound(project.to_string()))?;
+    let team = row.team_id.clone();
     let mut existing = false;
+    let mut name_row = NameRow::None;
     if let Some(d) = rows::domain_get(pool, &domain).await? {
+        if d.team != team {
+            // Another team's: say only that it is taken, never whose.
+            return Err(OpError::Refused(format!(
+                "domain {domain} is taken: another team has set it up; choose another domain"
+            )));
+        }
         if d.project != project || d.environment != environment.as_str() {
             return Err(OpError::Refused(format!(
                 "domain {domain} already belongs to {} {}; it can be set up for only one project environment",
@@ -133,13 +225,13 @@ async fn check(
             )));
         }
         existing = true;
-    } else if rows::hostname_routed(pool, &domain, &routing.base_domain, &routing.preview_domain)
-        .await?
-    {
-        return Err(OpError::Refused(format!(
-            "{domain} is a project's own host name (codeb routes it already); choose another domain"
-        )));
+        name_row = if d.dns_state == "ok" {
+            NameRow::OwnSet
+        } else {
+            NameRow::OwnUnfinished
+        };
     }
+    refuse_other_teams_zone(pool, &domain, &team).await?;
     let ipv4 = ctx.config.domain_ipv4().ok_or_else(|| {
         OpError::Refused(
             "the app server's address is not an IPv4 address: set dns.app_ipv4 in codeb.toml"
@@ -152,6 +244,22 @@ async fn check(
                 .into(),
         )
     })?;
+    let ipv6 = ctx.config.dns.app_ipv6;
+    // Records codeb did not make refuse the call at once. A real run that
+    // cannot read PowerDNS now goes on: it reads them again under the lock
+    // and fails there, undoing what it did.
+    let foreign = match foreign_records_now(ctx, &domain, name_row, ipv4, ipv6).await {
+        Ok(f) => f,
+        Err(e) if dry_run => {
+            return Err(OpError::Refused(format!(
+                "cannot read the records of {domain} in PowerDNS: {e}"
+            )))
+        }
+        Err(_) => Vec::new(),
+    };
+    if !foreign.is_empty() && !takeover {
+        return Err(OpError::Refused(foreign_refusal(&domain, &foreign)));
+    }
     let managed_zone = zone_for(
         &domain,
         ctx.config.dns.managed_zones.iter().map(String::as_str),
@@ -159,11 +267,15 @@ async fn check(
     Ok(Checked {
         domain,
         view: row.view,
+        team,
         ipv4,
-        ipv6: ctx.config.dns.app_ipv6,
+        ipv6,
         authoritative,
         managed_zone,
         existing,
+        row: name_row,
+        takeover,
+        foreign,
     })
 }
 
@@ -180,7 +292,14 @@ fn planned_steps(c: &Checked, route: Option<&DomainRoute>) -> Vec<String> {
         Some(z) => format!("create zone {z} in PowerDNS if it is missing (managed zone)"),
         None => "find the PowerDNS zone holding it (it must exist)".into(),
     });
-    steps.push(format!("set {addrs}"));
+    if c.foreign.is_empty() {
+        steps.push(format!("set {addrs}"));
+    } else {
+        steps.push(format!(
+            "take over (owner, recorded): replace {} with {addrs}",
+            c.foreign.join(", ")
+        ));
+    }
     steps.push(format!("check the answer of {} over DNS", c.authoritative));
     steps.push(match route {
         Some(r) => format!(
@@ -192,13 +311,20 @@ fn planned_steps(c: &Checked, route: Option<&DomainRoute>) -> Vec<String> {
     steps
 }
 
-/// A zone and the A and AAAA contents a name had there before.
-type PreviousAddresses = (String, Option<Vec<String>>, Option<Vec<String>>);
+/// A zone and the A, AAAA and CNAME contents a name had there before.
+type PreviousAddresses = (
+    String,
+    Option<Vec<String>>,
+    Option<Vec<String>>,
+    Option<Vec<String>>,
+);
 
 /// What a failed setup changed, to undo in reverse order.
 #[derive(Default)]
 struct Undo {
     row_inserted: bool,
+    /// The zone this setup recorded as its team's (`zones` table).
+    zone_claimed: Option<String>,
     zone_created: Option<String>,
     /// Zone and the previous A and AAAA contents.
     addresses: Option<PreviousAddresses>,
@@ -214,11 +340,12 @@ pub async fn domain_setup(
     environment: Environment,
     domain: &str,
     dry_run: bool,
+    takeover: bool,
     caller: &Caller,
     progress: ProgressTx,
     abort: CancellationToken,
 ) -> Result<SetupOutcome, OpError> {
-    let c = check(ctx, project, environment, domain).await?;
+    let c = check(ctx, project, environment, domain, takeover, dry_run, caller).await?;
     if dry_run {
         let route = env_route(&c.view);
         return Ok(SetupOutcome {
@@ -233,6 +360,7 @@ pub async fn domain_setup(
             route_state: "pending".into(),
             route,
             already: c.existing,
+            took_over: c.foreign,
         });
     }
     let mut op = begin_op(
@@ -248,7 +376,7 @@ pub async fn domain_setup(
     .await?;
     let mut undo = Undo::default();
     let mut done = Vec::new();
-    match apply(&mut op, &c, &mut undo, &mut done).await {
+    match apply(&mut op, &c, caller, &mut undo, &mut done).await {
         Ok(mut outcome) => {
             outcome.steps = done;
             outcome.deployment_id = Some(op.id());
@@ -282,6 +410,7 @@ type StepErr = (String, String);
 async fn apply(
     op: &mut OpHandle<'_>,
     c: &Checked,
+    caller: &Caller,
     undo: &mut Undo,
     done: &mut Vec<String>,
 ) -> Result<SetupOutcome, StepErr> {
@@ -350,7 +479,22 @@ async fn apply(
         started.elapsed(),
     )
     .await;
+    // A zone another team's setup created meanwhile is theirs.
+    refuse_other_teams_zone(pool, &domain, &c.team)
+        .await
+        .map_err(|e| ("zone".to_string(), e.to_string()))?;
     if !zones.contains(&format!("{zone}.")) {
+        // The zone codeb creates is the team's: recorded first, so that two
+        // teams' setups meet at the zones table's primary key.
+        let (owner, claimed) = crate::state::zones::zone_claim(pool, &zone, &c.team)
+            .await
+            .map_err(|e| ("zone".to_string(), e.to_string()))?;
+        if owner != c.team {
+            return Err((
+                "zone".into(),
+                format!("zone {zone} was just created for another team, and names in it are theirs; choose a domain in another zone"),
+            ));
+        }
         let body = zone_create_body(&zone, &op.ctx().config.dns_nameservers());
         let started = Instant::now();
         let r = with_pdns(op.ctx(), |cl| {
@@ -362,36 +506,58 @@ async fn apply(
         // created it a moment ago; it is there, and it is not ours to undo.
         let raced = matches!(&r, Err(PdnsError::Api { status: 409, .. }));
         let note = match &r {
-            Ok(()) => format!("POST zones: created {zone}"),
+            Ok(()) => format!("POST zones: created {zone} for team {}", c.team),
             Err(_) if raced => format!("POST zones: {zone} was created meanwhile by another setup"),
             Err(e) => format!("POST zones: creating {zone} failed: {e}"),
         };
         op.journal_note("zone_create", &note, started.elapsed())
             .await;
         if !raced {
-            r.map_err(|e| ("zone_create".to_string(), e.to_string()))?;
+            if let Err(e) = r {
+                if claimed {
+                    let _ = crate::state::zones::zone_forget(pool, &zone).await;
+                }
+                return Err(("zone_create".to_string(), e.to_string()));
+            }
             undo.zone_created = Some(zone.clone());
+            if claimed {
+                undo.zone_claimed = Some(zone.clone());
+            }
             done.push(format!("created zone {zone}"));
         }
     }
-    // 3. The address records, remembering what was there.
+    // 3. The address records, remembering what was there; records codeb
+    // did not make only with an owner's takeover.
     op.phase(format!("setting the address records of {domain}"));
     let started = Instant::now();
-    let (before_a, before_aaaa) = {
+    let records = {
         let (z, n) = (zone.clone(), domain.clone());
         with_pdns(op.ctx(), |cl| {
             let (z, n) = (z.clone(), n.clone());
-            async move {
-                let a = cl.rrset_contents(&z, &n, "A").await?;
-                let aaaa = cl.rrset_contents(&z, &n, "AAAA").await?;
-                Ok((a, aaaa))
-            }
+            async move { cl.records_at(&z, &n).await }
         })
         .await
         .map_err(|e| ("address".to_string(), e.to_string()))?
     };
+    let foreign = foreign_address_records(
+        &records,
+        c.row,
+        &c.ipv4.to_string(),
+        c.ipv6.map(|v| v.to_string()).as_deref(),
+    );
+    if !foreign.is_empty() && !c.takeover {
+        return Err(("address".into(), foreign_refusal(&domain, &foreign)));
+    }
+    let before = |rtype: &str| {
+        let v: Vec<String> = records
+            .iter()
+            .filter(|r| r.rtype == rtype && !r.disabled)
+            .map(|r| r.content.clone())
+            .collect();
+        (!v.is_empty()).then_some(v)
+    };
     let body = address_patch_body(&domain, c.ipv4, c.ipv6);
-    undo.addresses = Some((zone.clone(), before_a, before_aaaa));
+    undo.addresses = Some((zone.clone(), before("A"), before("AAAA"), before("CNAME")));
     let r = with_pdns(op.ctx(), |cl| {
         let (z, body) = (zone.clone(), body.clone());
         async move { cl.patch_rrsets(&z, &body).await }
@@ -404,6 +570,27 @@ async fn apply(
     };
     op.journal_note("address", &note, started.elapsed()).await;
     r.map_err(|e| ("address".to_string(), e.to_string()))?;
+    if !foreign.is_empty() {
+        let note = format!(
+            "takeover by owner {} of team {}: replaced {} (records codeb did not make)",
+            caller.principal,
+            c.team,
+            foreign.join(", ")
+        );
+        op.journal_note("takeover", &note, started.elapsed()).await;
+        let record = serde_json::json!({
+            "by": caller.principal,
+            "at": chrono::Utc::now().to_rfc3339(),
+            "replaced": foreign,
+        });
+        rows::domain_set_takeover(pool, &domain, &record)
+            .await
+            .map_err(|e| ("takeover".to_string(), e.to_string()))?;
+        done.push(format!(
+            "took over {domain}: replaced {}",
+            foreign.join(", ")
+        ));
+    }
     done.push(format!("set {domain} to {}", join(&want)));
     // 4. The authoritative answer.
     op.phase(format!("asking {} for {domain}", c.authoritative));
@@ -489,6 +676,7 @@ async fn apply(
         route,
         steps: Vec::new(),
         already: c.existing,
+        took_over: foreign,
     })
 }
 
@@ -562,9 +750,13 @@ async fn revert(op: &OpHandle<'_>, c: &Checked, undo: Undo) -> String {
             Err(e) => format!("putting the route back FAILED ({e})"),
         });
     }
-    if let Some((zone, a, aaaa)) = undo.addresses {
+    let mut addresses_left = false;
+    if let Some((zone, a, aaaa, cname)) = undo.addresses {
         if undo.zone_created.as_deref() != Some(zone.as_str()) {
-            let body = address_restore_body(&c.domain, a.as_deref(), aaaa.as_deref());
+            let mut body = address_restore_body(&c.domain, a.as_deref(), aaaa.as_deref());
+            if let (Some(cname), Some(list)) = (cname, body["rrsets"].as_array_mut()) {
+                list.push(cname_restore_rrset(&c.domain, &cname));
+            }
             let started = Instant::now();
             let r = with_pdns(ctx, |cl| {
                 let (z, body) = (zone.clone(), body.clone());
@@ -575,6 +767,7 @@ async fn revert(op: &OpHandle<'_>, c: &Checked, undo: Undo) -> String {
                 Ok(()) => "address records put back".to_string(),
                 Err(e) => format!("putting the address records back FAILED ({e})"),
             };
+            addresses_left = r.is_err();
             op.journal_note("revert_address", &note, started.elapsed())
                 .await;
             notes.push(note);
@@ -606,6 +799,11 @@ async fn revert(op: &OpHandle<'_>, c: &Checked, undo: Undo) -> String {
             }
         })
         .await;
+        if matches!(r, Ok(false)) && undo.zone_claimed.as_deref() == Some(zone.as_str()) {
+            if let Ok(pool) = ctx.db.pool().await {
+                let _ = crate::state::zones::zone_forget(pool, &zone).await;
+            }
+        }
         let note = match &r {
             Ok(false) => format!("zone {zone} deleted"),
             Ok(true) => format!(
@@ -618,7 +816,12 @@ async fn revert(op: &OpHandle<'_>, c: &Checked, undo: Undo) -> String {
             .await;
         notes.push(note);
     }
-    if undo.row_inserted {
+    // While the name may still hold codeb's records, its row stays: it
+    // marks them as codeb's, so domain_setup again (or domain_delete)
+    // can finish the job.
+    if undo.row_inserted && addresses_left {
+        notes.push("domain record kept (its address records may still be codeb's)".into());
+    } else if undo.row_inserted {
         let r = match ctx.db.pool().await {
             Ok(pool) => rows::domain_remove(pool, &c.domain).await,
             Err(e) => Err(e),
@@ -715,8 +918,9 @@ pub async fn domain_list(
     Ok((out, next))
 }
 
-/// The on-demand TLS `ask` answer: true only for host names in codeb's
-/// route table. Invalid names are simply not in it.
+/// The on-demand TLS `ask` answer: true only for host names codeb routes
+/// for the project that owns them (`state::domains::hostname_routed`).
+/// Invalid names are simply not in it.
 pub async fn tls_allowed(ctx: &Ctx, domain: &str) -> Result<bool, OpError> {
     let Ok(domain) = normalize_domain(domain, false) else {
         return Ok(false);

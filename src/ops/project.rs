@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use crate::model::{validate_project_name, Environment};
 use crate::ops::storage::{self, ProjectStorage, RevertReport};
 use crate::ops::{redact, Ctx};
+use crate::plan::names::{check_project_name, project_hosts, HostNaming};
 use crate::state::{self, DbError};
 
 /// A created project, per environment.
@@ -67,6 +68,42 @@ pub enum CreateError {
     },
 }
 
+/// Whether a new project may be called `name` (DESIGN §2: every host name
+/// has exactly one owner): a valid name (`validate_project_name`) that
+/// passes `plan::names::check_project_name`, and none of whose generated
+/// host names is already a host of a project made before that rule (such
+/// projects keep working; only new names are checked) or a domain.
+pub async fn check_new_project_name(ctx: &Ctx, name: &str) -> Result<(), CreateError> {
+    validate_project_name(name).map_err(|e| CreateError::Invalid(e.0))?;
+    let naming = HostNaming::from_config(&ctx.config);
+    check_project_name(name, &naming).map_err(CreateError::Invalid)?;
+    let hosts = project_hosts(name, &naming);
+    let pool = ctx.db.pool().await?;
+    // Only a longer name `{name}-...` can share a host with a valid `name`
+    // (see plan::names): those of projects older than the rule.
+    for other in state::projects::live_names_starting_with(pool, &format!("{name}-")).await? {
+        for theirs in project_hosts(&other, &naming) {
+            if let Some(mine) = hosts.iter().find(|h| h.host == theirs.host) {
+                return Err(CreateError::Refused(format!(
+                    "project name `{name}` would give the {} {}, which is already a host name of an existing project; choose another name",
+                    mine.describe(),
+                    mine.host
+                )));
+            }
+        }
+    }
+    let names: Vec<String> = hosts.iter().map(|h| h.host.clone()).collect();
+    let taken = state::domains::domains_among(pool, &names).await?;
+    match hosts.iter().find(|h| taken.contains(&h.host)) {
+        Some(mine) => Err(CreateError::Refused(format!(
+            "project name `{name}` would give the {} {}, which is already set up as a domain; choose another name",
+            mine.describe(),
+            mine.host
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Registers and fully provisions a project for `team`.
 pub async fn create_project(
     ctx: &Ctx,
@@ -75,7 +112,7 @@ pub async fn create_project(
     kind: &str,
     principal: &str,
 ) -> Result<CreatedProject, CreateError> {
-    validate_project_name(name).map_err(|e| CreateError::Invalid(e.0))?;
+    check_new_project_name(ctx, name).await?;
     let pool = ctx.db.pool().await?;
     let id = state::projects::project_insert(pool, name, team, kind)
         .await

@@ -183,13 +183,17 @@ pub fn zone_for<'a>(domain: &str, zones: impl IntoIterator<Item = &'a str>) -> O
 
 /// The PATCH body that makes `name` hold exactly the A record `ipv4` and,
 /// when given, the AAAA record `ipv6` (no AAAA given: any AAAA rrset is
-/// deleted, so the name answers only what codeb set).
+/// deleted, so the name answers only what codeb set). A CNAME at the name
+/// is deleted first: it excludes address records, and domain_setup only
+/// sends this body for a name whose records are codeb's or an owner took
+/// over.
 pub fn address_patch_body(
     name: &str,
     ipv4: std::net::Ipv4Addr,
     ipv6: Option<std::net::Ipv6Addr>,
 ) -> Value {
     let name = absolute_name(name);
+    let cname = json!({"name": name, "type": "CNAME", "changetype": "DELETE"});
     let a = json!({
         "name": name, "type": "A", "ttl": ADDRESS_TTL, "changetype": "REPLACE",
         "records": [{"content": ipv4.to_string(), "disabled": false}],
@@ -201,7 +205,17 @@ pub fn address_patch_body(
         }),
         None => json!({"name": name, "type": "AAAA", "changetype": "DELETE"}),
     };
-    json!({ "rrsets": [a, aaaa] })
+    json!({ "rrsets": [cname, a, aaaa] })
+}
+
+/// The rrset change that puts `name`'s CNAME back as it was (`contents`
+/// as PowerDNS listed them), for undoing a takeover; add it to an
+/// `address_restore_body` that deletes the address records first.
+pub fn cname_restore_rrset(name: &str, contents: &[String]) -> Value {
+    json!({
+        "name": absolute_name(name), "type": "CNAME", "ttl": ADDRESS_TTL, "changetype": "REPLACE",
+        "records": contents.iter().map(|x| json!({"content": x, "disabled": false})).collect::<Vec<_>>(),
+    })
 }
 
 /// The PATCH body that puts `name`'s A and AAAA rrsets back as they were:
@@ -256,6 +270,7 @@ mod tests {
         assert_eq!(
             b,
             json!({"rrsets": [
+                {"name": "shop.example.test.", "type": "CNAME", "changetype": "DELETE"},
                 {"name": "shop.example.test.", "type": "A", "ttl": 300, "changetype": "REPLACE",
                  "records": [{"content": "10.77.0.11", "disabled": false}]},
                 {"name": "shop.example.test.", "type": "AAAA", "changetype": "DELETE"},
@@ -266,7 +281,12 @@ mod tests {
             "10.0.0.1".parse().unwrap(),
             Some("fd00::1".parse().unwrap()),
         );
-        assert_eq!(b["rrsets"][1]["records"][0]["content"], "fd00::1");
+        assert_eq!(b["rrsets"][2]["records"][0]["content"], "fd00::1");
+        assert_eq!(
+            cname_restore_rrset("s.e.test", &["x.test.".to_string()]),
+            json!({"name": "s.e.test.", "type": "CNAME", "ttl": 300, "changetype": "REPLACE",
+                   "records": [{"content": "x.test.", "disabled": false}]})
+        );
         let r = address_restore_body("s.e.test", Some(&["10.0.0.9".to_string()]), None);
         assert_eq!(r["rrsets"][0]["records"][0]["content"], "10.0.0.9");
         assert_eq!(r["rrsets"][1]["changetype"], "DELETE");

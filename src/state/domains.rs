@@ -12,6 +12,8 @@ pub struct DomainRow {
     pub hostname: String,
     /// Owning project.
     pub project: String,
+    /// The owning project's team.
+    pub team: String,
     /// Environment it routes to.
     pub environment: String,
     /// `managed` (zone listed in dns.managed_zones) or `custom`.
@@ -24,7 +26,8 @@ pub struct DomainRow {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-const SELECT: &str = "SELECT d.hostname, p.name AS project, d.environment, d.kind, d.dns_state,
+const SELECT: &str =
+    "SELECT d.hostname, p.name AS project, p.team_id AS team, d.environment, d.kind, d.dns_state,
                              d.route_state, d.created_at
                         FROM domains d JOIN projects p ON p.id = d.project_id";
 
@@ -77,6 +80,21 @@ pub async fn domain_set_states(
     .bind(route_state)
     .execute(pool)
     .await?;
+    Ok(())
+}
+
+/// Records on the row of `hostname` that its setup replaced address
+/// records codeb did not make (`takeover`: who, when, what was there).
+pub async fn domain_set_takeover(
+    pool: &PgPool,
+    hostname: &str,
+    takeover: &serde_json::Value,
+) -> Result<(), DbError> {
+    sqlx::query("UPDATE domains SET takeover = $2 WHERE hostname = $1")
+        .bind(hostname)
+        .bind(takeover)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -143,11 +161,14 @@ pub async fn domains_page(
     .await?)
 }
 
-/// True when `hostname` is in codeb's route table (DESIGN §2, on-demand
-/// TLS `ask`): a domain row, the env hostname of a live project
-/// (`{project}.{base}` or `{project}-{env}.{base}`), or the preview host
-/// of a non-empty slot (`{project}-{env}-{slot}.{preview}`). `hostname` is
-/// normalised (lowercase, no trailing dot).
+/// True when `hostname` is in codeb's route table for the project that
+/// owns it (DESIGN §2, on-demand TLS `ask`): a domain row of a live project
+/// whose route codeb set (`route_state` ok), the env hostname of a live
+/// project environment with an active slot (`{project}.{base}` or
+/// `{project}-{env}.{base}`), or the preview host of a non-empty slot
+/// (`{project}-{env}-{slot}.{preview}`). `hostname` is normalised
+/// (lowercase, no trailing dot). The shapes are those of
+/// `plan::dns::env_hostnames` and `plan::dns::preview_hostname`.
 pub async fn hostname_routed(
     pool: &PgPool,
     hostname: &str,
@@ -158,12 +179,12 @@ pub async fn hostname_routed(
     let preview = preview_domain.trim_end_matches('.').to_ascii_lowercase();
     let row: Option<i32> = sqlx::query_scalar(
         "SELECT 1 FROM domains d JOIN projects p ON p.id = d.project_id
-          WHERE d.hostname = $1 AND p.deleted_at IS NULL
+          WHERE d.hostname = $1 AND p.deleted_at IS NULL AND d.route_state = 'ok'
          UNION ALL
-         SELECT 1 FROM project_environments pe JOIN projects p ON p.id = pe.project_id
-          WHERE p.deleted_at IS NULL
-            AND $1 = CASE WHEN pe.environment = 'production' THEN p.name || '.' || $2
-                          ELSE p.name || '-' || pe.environment || '.' || $2 END
+         SELECT 1 FROM slots s JOIN projects p ON p.id = s.project_id
+          WHERE p.deleted_at IS NULL AND s.state = 'active'
+            AND $1 = CASE WHEN s.environment = 'production' THEN p.name || '.' || $2
+                          ELSE p.name || '-' || s.environment || '.' || $2 END
          UNION ALL
          SELECT 1 FROM slots s JOIN projects p ON p.id = s.project_id
           WHERE p.deleted_at IS NULL AND s.state <> 'empty'
@@ -176,4 +197,15 @@ pub async fn hostname_routed(
     .fetch_optional(pool)
     .await?;
     Ok(row.is_some())
+}
+
+/// Host names among `hosts` that are already domain rows (of any
+/// project): `project_create` refuses a name whose generated host is one.
+pub async fn domains_among(pool: &PgPool, hosts: &[String]) -> Result<Vec<String>, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT hostname FROM domains WHERE hostname = ANY($1) ORDER BY hostname",
+    )
+    .bind(hosts)
+    .fetch_all(pool)
+    .await?)
 }

@@ -12,6 +12,7 @@ pub mod envvars;
 pub mod project_removal;
 pub mod projects;
 pub mod slots;
+pub mod zones;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -89,6 +89,19 @@ pub async fn project_by_name(pool: &PgPool, name: &str) -> Result<Option<Project
 /// Attempts at allocating port pairs when a concurrent insert took the same pair.
 const PORT_ALLOCATION_ATTEMPTS: usize = 20;
 
+/// Names of live projects that start with `prefix` (`[a-z0-9-]` only, so
+/// it holds no LIKE wildcard), sorted.
+pub async fn live_names_starting_with(pool: &PgPool, prefix: &str) -> Result<Vec<String>, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT name FROM projects
+          WHERE deleted_at IS NULL AND left(name, length($1)) = $1
+          ORDER BY name",
+    )
+    .bind(prefix)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Registers a project with all three environments and their slots,
 /// allocating the lowest free port pair per environment. The unique
 /// constraint on `base_port` decides races: a transaction that loses one is

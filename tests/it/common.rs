@@ -25,9 +25,19 @@ pub struct Testbed {
 }
 
 impl Testbed {
-    /// postgres URL with password, for direct access from tests.
+    /// postgres URL with password, for direct access from tests: codeb's
+    /// state database — the testbed's, or the one `CODEB_DATABASE__URL`
+    /// (the override codeb itself reads) points every codeb under test at.
     pub fn database_url(&self) -> String {
-        let url = self.status["database_url"].as_str().expect("database_url");
+        let url = std::env::var("CODEB_DATABASE__URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| {
+                self.status["database_url"]
+                    .as_str()
+                    .expect("database_url")
+                    .to_string()
+            });
         let pw_file = self.status["database_password_file"]
             .as_str()
             .expect("password file");

@@ -127,7 +127,7 @@ async fn list_domains(client: &Client, p: &str) -> Vec<Value> {
     structured(&r)["domains"].as_array().unwrap().clone()
 }
 
-async fn ask(server: &HttpServer, domain: Option<&str>) -> u16 {
+pub(super) async fn ask(server: &HttpServer, domain: Option<&str>) -> u16 {
     let base = server.url.trim_end_matches("/mcp");
     let url = match domain {
         Some(d) => format!("{base}/tls/ask?domain={d}"),

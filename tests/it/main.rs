@@ -23,6 +23,7 @@ mod lifecycle_faults;
 mod matrix;
 mod mcp_http;
 mod mcp_stdio;
+mod names;
 mod pdns;
 mod podman_cmds;
 mod policy;

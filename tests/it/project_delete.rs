@@ -204,6 +204,7 @@ async fn project_delete_removes_everything_once_confirmed_and_finishes_after_a_f
             Environment::Staging,
             &domain,
             false,
+            false,
             &caller,
             sink(),
             CancellationToken::new(),
