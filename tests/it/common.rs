@@ -25,9 +25,15 @@ pub struct Testbed {
 }
 
 impl Testbed {
-    /// postgres URL with password, for direct access from tests.
+    /// postgres URL with password, for direct access from tests: the
+    /// testbed's state database, or the one `CODEB_DATABASE__URL` names —
+    /// the override the codeb processes the tests start follow too, so a
+    /// test run can use a state database of its own.
     pub fn database_url(&self) -> String {
-        let url = self.status["database_url"].as_str().expect("database_url");
+        let own = std::env::var("CODEB_DATABASE__URL").ok();
+        let url = own
+            .as_deref()
+            .unwrap_or_else(|| self.status["database_url"].as_str().expect("database_url"));
         let pw_file = self.status["database_password_file"]
             .as_str()
             .expect("password file");
@@ -248,6 +254,11 @@ impl HttpServer {
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+
+    /// The codeb process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("codeb is running")
     }
 
     /// An rmcp client over streamable HTTP.
