@@ -181,6 +181,15 @@ impl<'a> Op<'a> {
         self.row.view.environment.as_str()
     }
 
+    /// `text` scrubbed of codeb's secrets and this project's (the journal
+    /// and the error are the project's outputs).
+    fn redact(&self, text: &str) -> String {
+        crate::ops::redact::redact_in(
+            crate::ops::redact::Scope::Project(&self.row.view.project),
+            text,
+        )
+    }
+
     pub(crate) fn phase(&mut self, message: impl Into<String>) {
         self.phase += 1;
         let _ = self.progress.send(Progress {
@@ -266,9 +275,10 @@ impl<'a> Op<'a> {
             }
             _ => {}
         }
+        // journal_command scrubs the tail.
         let (exit, tail) = match &result {
-            Ok(o) => (o.status, Some(crate::ops::redact::redact(&o.stderr_tail()))),
-            Err(e) => (None, Some(crate::ops::redact::redact(&e.to_string()))),
+            Ok(o) => (o.status, Some(o.stderr_tail())),
+            Err(e) => (None, Some(e.to_string())),
         };
         self.journal_command(step, app.name(), cmd, exit, tail.as_deref(), started)
             .await;
@@ -286,6 +296,7 @@ impl<'a> Op<'a> {
         stderr_tail: Option<&str>,
         started: Instant,
     ) {
+        let stderr_tail = stderr_tail.map(|t| self.redact(t));
         if let Ok(pool) = self.ctx.db.pool().await {
             let _ = journal::step_append(
                 pool,
@@ -294,7 +305,7 @@ impl<'a> Op<'a> {
                 Some(server),
                 &cmd.argv(),
                 exit,
-                stderr_tail,
+                stderr_tail.as_deref(),
                 started.elapsed(),
             )
             .await;
@@ -339,9 +350,10 @@ impl<'a> Op<'a> {
     }
 
     pub(crate) async fn journal_note(&self, step: &str, note: &str, duration: Duration) {
+        let note = self.redact(note);
         if let Ok(pool) = self.ctx.db.pool().await {
             let _ =
-                journal::step_append(pool, self.id, step, None, &[], None, Some(note), duration)
+                journal::step_append(pool, self.id, step, None, &[], None, Some(&note), duration)
                     .await;
         }
     }
@@ -354,7 +366,7 @@ impl<'a> Op<'a> {
     ) -> Result<(), OpError> {
         self.heartbeat.abort();
         let pool = self.ctx.db.pool().await?;
-        let error = error.map(crate::ops::redact::redact);
+        let error = error.map(|e| self.redact(e));
         journal::deployment_finish(pool, self.id, self.token, ok, error.as_deref(), result).await?;
         Ok(())
     }
