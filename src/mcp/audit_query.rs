@@ -17,6 +17,7 @@ use crate::ops::audit::{
     AUDIT_NAME_MAX_BYTES,
 };
 use crate::ops::lifecycle::Caller;
+use crate::ops::redact::{self, OwnedScope};
 use crate::state::audit::{audit_page, AuditFilter, AuditRecord, AuditRow};
 
 /// How long `audit_query` waits for this process's queued rows first.
@@ -41,6 +42,7 @@ struct Call {
     client_name: Option<String>,
     client_version: Option<String>,
     request_id: String,
+    scope: OwnedScope,
 }
 
 /// The text blocks of a tool result, joined.
@@ -65,33 +67,37 @@ impl CallAudit {
         request: &CallToolRequestParams,
         context: &RequestContext<RoleServer>,
     ) -> Self {
-        let tool = sanitize_text(&request.name, AUDIT_NAME_MAX_BYTES);
         let args = request.arguments.as_ref();
-        let project = args
-            .and_then(|a| a.get("project"))
-            .and_then(|p| p.as_str())
-            .map(|p| sanitize_text(p, AUDIT_NAME_MAX_BYTES));
-        let environment = args
-            .and_then(|a| a.get("environment"))
-            .and_then(|p| p.as_str())
-            .map(|p| sanitize_text(p, AUDIT_NAME_MAX_BYTES));
-        // Legacy sessions: the initialize request's clientInfo; 2026-07-28
-        // stateless requests: `_meta` "io.modelcontextprotocol/clientInfo".
-        let client = context.client_info();
-        let call = Call {
-            at: chrono::Utc::now(),
-            started: Instant::now(),
-            arguments: sanitize_arguments(&tool, args),
-            tool,
-            project,
-            environment,
-            caller,
-            client_name: client
-                .as_ref()
-                .map(|c| sanitize_text(&c.name, AUDIT_NAME_MAX_BYTES)),
-            client_version: client.map(|c| sanitize_text(&c.version, AUDIT_NAME_MAX_BYTES)),
-            request_id: sanitize_text(&context.id.to_string(), AUDIT_NAME_MAX_BYTES),
-        };
+        let project = args.and_then(|a| a.get("project")).and_then(|p| p.as_str());
+        // The row is the caller's team's: scrubbed of codeb's secrets and
+        // of the named project's only when it is that team's (ops::redact),
+        // so no other team's env values can mask anything in it.
+        let scope = OwnedScope::team_project(&caller.team, project);
+        let call = redact::within(scope.clone(), || {
+            let tool = sanitize_text(&request.name, AUDIT_NAME_MAX_BYTES);
+            let environment = args
+                .and_then(|a| a.get("environment"))
+                .and_then(|p| p.as_str())
+                .map(|p| sanitize_text(p, AUDIT_NAME_MAX_BYTES));
+            // Legacy sessions: the initialize request's clientInfo; 2026-07-28
+            // stateless requests: `_meta` "io.modelcontextprotocol/clientInfo".
+            let client = context.client_info();
+            Call {
+                at: chrono::Utc::now(),
+                started: Instant::now(),
+                arguments: sanitize_arguments(&tool, args),
+                tool,
+                project: project.map(|p| sanitize_text(p, AUDIT_NAME_MAX_BYTES)),
+                environment,
+                caller,
+                client_name: client
+                    .as_ref()
+                    .map(|c| sanitize_text(&c.name, AUDIT_NAME_MAX_BYTES)),
+                client_version: client.map(|c| sanitize_text(&c.version, AUDIT_NAME_MAX_BYTES)),
+                request_id: sanitize_text(&context.id.to_string(), AUDIT_NAME_MAX_BYTES),
+                scope: scope.clone(),
+            }
+        });
         Self {
             log: log.clone(),
             call: Some(call),
@@ -146,7 +152,8 @@ impl CallAudit {
             environment: c.environment,
             request_id: Some(c.request_id),
             outcome: outcome.as_str(),
-            error: error.map(|e| sanitize_text(e, AUDIT_ERROR_MAX_BYTES)),
+            error: error
+                .map(|e| redact::within(c.scope, || sanitize_text(e, AUDIT_ERROR_MAX_BYTES))),
             duration_ms,
         });
     }

@@ -566,13 +566,17 @@ impl CodebServer {
         row: ApprovalRow,
     ) -> Result<CallToolResponse, String> {
         let ctx = self.ctx_arc();
-        let r = execute(
-            ctx.clone(),
-            caller,
-            row.tool.clone(),
-            row.arguments.clone(),
-            row.plan_hash.clone(),
-            context,
+        // The approved operation's outputs are its project's (ops::redact).
+        let r = crate::ops::redact::in_scope(
+            crate::ops::redact::OwnedScope::project(&row.project),
+            execute(
+                ctx.clone(),
+                caller,
+                row.tool.clone(),
+                row.arguments.clone(),
+                row.plan_hash.clone(),
+                context,
+            ),
         )
         .await;
         let pool = ctx.db.pool().await.map_err(db_err)?;
@@ -604,7 +608,10 @@ impl CodebServer {
                 } else {
                     "failed"
                 };
-                let text = crate::ops::redact::redact(&e.to_string());
+                let text = crate::ops::redact::redact_in(
+                    crate::ops::redact::Scope::Project(&row.project),
+                    &e.to_string(),
+                );
                 let _ = rows::approval_finish(pool, row.id, status, Some(&text), None).await;
                 Err(text)
             }

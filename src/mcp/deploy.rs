@@ -46,8 +46,11 @@ pub struct DeployResult {
     pub slot: SlotName,
     /// Host port of the slot.
     pub port: u16,
-    /// Image deployed.
+    /// Image reference as asked for.
     pub image: String,
+    /// Digest the container runs (`REPOSITORY@` it); in a dry run, the one
+    /// it will run when known (production: the digest staging ran).
+    pub digest: Option<String>,
     /// Preview URL of the slot through Caddy.
     pub preview_url: Option<String>,
     /// Health gate result.
@@ -106,8 +109,12 @@ impl CodebServer {
         Ok(Json(match outcome {
             (Outcome::Planned(plan), p) => DeployResult {
                 summary: format!(
-                    "dry run: would deploy {} into {} {} {} (port {}){}; nothing changed",
+                    "dry run: would deploy {}{} into {} {} {} (port {}){}; nothing changed",
                     p.image,
+                    plan.digest
+                        .as_deref()
+                        .map(|d| format!(" as {d}"))
+                        .unwrap_or_default(),
                     p.project,
                     p.environment,
                     plan.slot,
@@ -122,6 +129,7 @@ impl CodebServer {
                 slot: plan.slot,
                 port: plan.port,
                 image: p.image,
+                digest: plan.digest,
                 preview_url: None,
                 health: None,
                 plan: Some(plan.steps.iter().map(|s| s.to_string()).collect()),
@@ -132,9 +140,13 @@ impl CodebServer {
             },
             (Outcome::Done(d), p) => DeployResult {
                 summary: format!(
-                    "{}deployed {} to {} {} {} (port {}), healthy; preview {}; promote to send traffic",
+                    "{}deployed {}{} to {} {} {} (port {}), healthy; preview {}; promote to send traffic",
                     if d.replayed { "already " } else { "" },
                     d.image,
+                    d.digest
+                        .as_deref()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default(),
                     p.project,
                     p.environment,
                     d.slot,
@@ -146,6 +158,7 @@ impl CodebServer {
                 slot: d.slot,
                 port: d.port,
                 image: d.image,
+                digest: d.digest,
                 preview_url: Some(d.preview_url),
                 health: Some(d.health),
                 plan: None,

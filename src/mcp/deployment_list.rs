@@ -42,8 +42,10 @@ pub struct DeploymentInfo {
     pub status: String,
     /// Target slot.
     pub slot: Option<String>,
-    /// Image.
+    /// Image reference as asked for.
     pub image: Option<String>,
+    /// Digest a deploy pulled and ran (`sha256:…`).
+    pub image_digest: Option<String>,
     /// Who asked.
     pub principal: String,
     /// Recorded reason (rollback, production deploy override).
@@ -65,6 +67,7 @@ pub(crate) fn info(r: DeploymentRow) -> DeploymentInfo {
         status: r.status,
         slot: r.slot,
         image: r.image,
+        image_digest: r.image_digest,
         principal: r.principal,
         reason: r.reason,
         error: r.error,

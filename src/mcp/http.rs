@@ -331,15 +331,24 @@ async fn tls_ask(
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    let redaction = crate::ops::redact::stats();
     let body = format!(
         "# HELP codeb_http_requests_total MCP HTTP requests received.\n\
          # TYPE codeb_http_requests_total counter\n\
          codeb_http_requests_total {}\n\
          # HELP codeb_build_info Build information.\n\
          # TYPE codeb_build_info gauge\n\
-         codeb_build_info{{version=\"{}\"}} 1\n",
+         codeb_build_info{{version=\"{}\"}} 1\n\
+         # HELP codeb_redaction_values Secret values registered for redaction (codeb's and projects').\n\
+         # TYPE codeb_redaction_values gauge\n\
+         codeb_redaction_values {}\n\
+         # HELP codeb_redaction_project_bytes Bytes of projects' secret values charged to the redaction budget.\n\
+         # TYPE codeb_redaction_project_bytes gauge\n\
+         codeb_redaction_project_bytes {}\n",
         s.requests.load(Ordering::Relaxed),
-        env!("CARGO_PKG_VERSION")
+        env!("CARGO_PKG_VERSION"),
+        redaction.values,
+        redaction.project_bytes
     );
     ([("content-type", "text/plain; version=0.0.4")], body)
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::mcp::CodebServer;
 use crate::model::{validate_project_name, Environment, ServerRole, SlotName, SlotState};
+use crate::ops::redact::{self, ProjectRef};
 use crate::plan::podman;
 use crate::state::slots;
 
@@ -115,6 +116,18 @@ impl CodebServer {
         // podman logs writes the container's stderr to ours: keep both.
         let mut text = out.stdout_text();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
+        // The container prints what it likes, its env values included:
+        // scrub the project's secrets (those of a version another codeb
+        // replica wrote too) before cutting, so no secret is cut in half.
+        let project = ProjectRef {
+            name: &p.project,
+            id: row.project_id,
+            team: &row.team_id,
+        };
+        crate::ops::env::ensure_registered(self.ctx(), project, p.environment)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut text = redact::redact_in(redact::Scope::Project(&p.project), &text);
         let truncated = text.len() > LOGS_MAX_BYTES;
         if truncated {
             let mut start = text.len() - LOGS_MAX_BYTES;
@@ -123,7 +136,6 @@ impl CodebServer {
             }
             text = text[start..].to_string();
         }
-        let text = crate::ops::redact::redact(&text);
         let n = text.lines().count();
         let content = format!(
             "<untrusted-content source=\"container {container}\">\n{}\n</untrusted-content>",

@@ -464,6 +464,16 @@ impl ServerHandler for CodebServer {
             role: crate::model::Role::Viewer,
             key_id: None,
         });
+        // Redaction scope (ops::redact): codeb's secrets, and those of the
+        // project the call names when it is the caller's team's.
+        let team = audit_caller.team.clone();
+        let project = request
+            .arguments
+            .as_ref()
+            .and_then(|a| a.get("project"))
+            .and_then(|p| p.as_str())
+            .map(str::to_string);
+        let scope = crate::ops::redact::OwnedScope::team_project(&team, project.as_deref());
         let audit =
             audit_query::CallAudit::begin(&self.ctx.audit, audit_caller, &request, &context);
         // Access control (DESIGN §6): role, then team of the project or handle.
@@ -475,16 +485,17 @@ impl ServerHandler for CodebServer {
             }
             Ok(caller) => {
                 let tcc = ToolCallContext::new(self, request, context);
-                CALLER.scope(caller, self.tools.call(tcc)).await
+                let call = CALLER.scope(caller, self.tools.call(tcc));
+                crate::ops::redact::in_scope(scope.clone(), call).await
             }
         };
         // Error texts carry causes from servers and databases: scrub any
-        // registered secret before they leave (DESIGN §3).
+        // registered secret of the call's scope before they leave (DESIGN §3).
         if let Ok(CallToolResponse::Complete(r)) = &mut result {
             if r.is_error == Some(true) {
                 for c in r.content.iter_mut() {
                     if let rmcp::model::ContentBlock::Text(t) = c {
-                        t.text = crate::ops::redact::redact(&t.text);
+                        t.text = scope.redact(&t.text);
                     }
                 }
             }

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError};
 use crate::model::{validate_project_name, Environment, ServerRole};
 use crate::ops::lifecycle::{self, Caller, OpError, ProgressTx};
-use crate::ops::{redact, Ctx};
+use crate::ops::redact::{self, ProjectRef, Registration};
+use crate::ops::Ctx;
 use crate::plan::envvars::{self, EnvChange, KeyChange, KeyInfo};
 use crate::plan::files::write_file_atomic;
 use crate::state::envvars::{self as store, EnvVersionRow, NewVersion};
@@ -153,10 +154,8 @@ impl EnvKey {
                     row.version
                 )
             })?;
-        let vars: BTreeMap<String, String> = serde_json::from_slice(&plaintext)
-            .map_err(|_| format!("env v{} decrypted to malformed data", row.version))?;
-        redact::register_env(&vars);
-        Ok(vars)
+        serde_json::from_slice(&plaintext)
+            .map_err(|_| format!("env v{} decrypted to malformed data", row.version))
     }
 
     /// Key infos of a set of values.
@@ -214,6 +213,101 @@ pub async fn check_master_key(ctx: &Ctx) -> Result<(), String> {
 struct Target {
     project_id: i64,
     project: String,
+    team: String,
+}
+
+impl Target {
+    fn project_ref(&self) -> ProjectRef<'_> {
+        ProjectRef {
+            name: &self.project,
+            id: self.project_id,
+            team: &self.team,
+        }
+    }
+}
+
+/// Registers the values of env version `version` of `p`'s `environment`
+/// for redaction in `p`'s outputs (after the version was written, or when
+/// it was read and is newer than what is registered). The matcher is
+/// rebuilt on a blocking thread.
+pub async fn register_version(
+    p: ProjectRef<'_>,
+    environment: Environment,
+    version: i32,
+    vars: &BTreeMap<String, String>,
+) {
+    if redact::registered_version(&p, environment.as_str()) == Some(version) {
+        return;
+    }
+    let registration = Registration {
+        project: p.name.to_string(),
+        project_id: p.id,
+        team: p.team.to_string(),
+        source: environment.as_str().to_string(),
+        version: Some(version),
+        values: redact::env_candidates(p.name, vars),
+    };
+    let _ = tokio::task::spawn_blocking(move || redact::set_current_all(vec![registration])).await;
+}
+
+/// Registers the values of the latest env version of `p`'s `environment`
+/// unless they are registered already (another codeb replica may have
+/// written it). For `logs`, whose output is a container's.
+pub async fn ensure_registered(
+    ctx: &Ctx,
+    p: ProjectRef<'_>,
+    environment: Environment,
+) -> Result<(), OpError> {
+    let pool = ctx.db.pool().await?;
+    let Some(latest) = store::latest_version_number(pool, p.id, environment.as_str()).await? else {
+        return Ok(());
+    };
+    if redact::registered_version(&p, environment.as_str()) == Some(latest) {
+        return Ok(());
+    }
+    let Some(row) = store::version_get(pool, p.id, environment.as_str(), Some(latest)).await?
+    else {
+        return Ok(());
+    };
+    let vars = key(ctx)?
+        .open(p.id, environment.as_str(), &row)
+        .map_err(OpError::Refused)?;
+    register_version(p, environment, row.version, &vars).await;
+    Ok(())
+}
+
+/// Registers, at start-up, the values of every live project's current env
+/// versions and of the versions its slots run, so container output
+/// (`logs`) is redacted after a restart too. Returns how many versions
+/// were registered; versions that cannot be decrypted are skipped (the
+/// master key check at start names the problem).
+pub async fn register_stored(ctx: &Ctx) -> Result<usize, String> {
+    let Some(key) = ctx.env_key.as_deref() else {
+        return Ok(0);
+    };
+    let pool = ctx.db.pool().await.map_err(|e| e.to_string())?;
+    let rows = store::versions_in_use(pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut registrations = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Ok(vars) = key.open(r.project_id, &r.environment, &r.row) else {
+            continue;
+        };
+        registrations.push(Registration {
+            values: redact::env_candidates(&r.project, &vars),
+            project: r.project,
+            project_id: r.project_id,
+            team: r.team,
+            source: r.environment,
+            version: Some(r.row.version),
+        });
+    }
+    let n = registrations.len();
+    tokio::task::spawn_blocking(move || redact::set_current_all(registrations))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(n)
 }
 
 async fn target(ctx: &Ctx, project: &str, environment: Environment) -> Result<Target, OpError> {
@@ -225,6 +319,7 @@ async fn target(ctx: &Ctx, project: &str, environment: Environment) -> Result<Ta
     Ok(Target {
         project_id: row.project_id,
         project: project.to_string(),
+        team: row.team_id,
     })
 }
 
@@ -316,13 +411,11 @@ pub async fn set(
     may_change_protected: bool,
     caller: &Caller,
 ) -> Result<EnvSetOutcome, OpError> {
-    // Values are secrets from the moment they are accepted. Not before:
-    // a refused value (say 1 MB of text) must not reach the redaction
-    // matcher every later message goes through, and refusals never echo
-    // values.
+    // Values are registered for redaction only once they are written
+    // (below): a refused value, a dry run or a missing project registers
+    // nothing, and refusals never echo values.
     envvars::validate_change(change, &ctx.config.env.protected_keys, may_change_protected)
         .map_err(|e| OpError::Invalid(e.0))?;
-    redact::register_env(&change.set);
     let t = target(ctx, project, environment).await?;
     let key = key(ctx)?;
     let pool = ctx.db.pool().await?;
@@ -340,6 +433,14 @@ pub async fn set(
         let next = envvars::apply_change(&values, change).map_err(|e| OpError::Invalid(e.0))?;
         let keys = key.key_infos(&next, &ctx.config.env.protected_keys);
         let changes = envvars::diff(&old_keys, &keys);
+        // Every value of the new version stays masked while it is in use,
+        // so a version too large for the redaction budget is refused
+        // (a dry run says so too).
+        let secrets = redact::env_candidates(project, &next);
+        if !changes.is_empty() {
+            redact::check_budget(&t.project_ref(), environment.as_str(), &secrets)
+                .map_err(|e| OpError::Refused(e.0))?;
+        }
         if dry_run || changes.is_empty() {
             return Ok(EnvSetOutcome {
                 previous,
@@ -365,6 +466,7 @@ pub async fn set(
         )
         .await?;
         if inserted {
+            register_version(t.project_ref(), environment, version, &next).await;
             return Ok(EnvSetOutcome {
                 previous,
                 version,
@@ -380,15 +482,15 @@ pub async fn set(
 
 /// Stores codeb's protected variables (DATABASE_URL, ...) for a fresh
 /// (project, environment) as a new env version, as codeb itself; returns
-/// the version number. Values are registered for redaction.
+/// the version number. Values are registered for redaction once written.
 pub async fn init_protected(
     ctx: &Ctx,
-    project_id: i64,
+    project: ProjectRef<'_>,
     environment: Environment,
     vars: &BTreeMap<String, String>,
     principal: &str,
 ) -> Result<i32, String> {
-    redact::register_env(vars);
+    let project_id = project.id;
     for (k, v) in vars {
         envvars::validate_key(k).map_err(|e| e.0)?;
         envvars::validate_value(k, v).map_err(|e| e.0)?;
@@ -423,6 +525,7 @@ pub async fn init_protected(
         .await
         .map_err(|e| e.to_string())?;
         if inserted {
+            register_version(project, environment, version, &next).await;
             return Ok(version);
         }
     }
@@ -443,8 +546,9 @@ pub struct Rendered {
     pub synced: bool,
 }
 
-/// The latest version of a (project, environment), decrypted and rendered;
-/// `None` when it has no variables yet.
+/// The latest version of a (project, environment), decrypted and rendered
+/// (and registered for redaction if it is not yet: another codeb replica
+/// may have written it); `None` when it has no variables yet.
 pub async fn latest_rendered(
     ctx: &Ctx,
     project_id: i64,
@@ -459,6 +563,20 @@ pub async fn latest_rendered(
     let vars = key
         .open(project_id, environment.as_str(), &row)
         .map_err(OpError::Refused)?;
+    let unregistered = ProjectRef {
+        name: project,
+        id: project_id,
+        team: "",
+    };
+    if redact::registered_version(&unregistered, environment.as_str()) != Some(row.version) {
+        if let Some(team) = store::project_team(pool, project_id).await? {
+            let p = ProjectRef {
+                team: &team,
+                ..unregistered
+            };
+            register_version(p, environment, row.version, &vars).await;
+        }
+    }
     let file = envvars::render_env_file(project, environment, row.version, &vars);
     let file_sha256 = hex::encode(Sha256::digest(file.as_bytes()));
     Ok(Some(Rendered {

@@ -182,6 +182,15 @@ impl<'a> Op<'a> {
         self.row.view.environment.as_str()
     }
 
+    /// `text` scrubbed of codeb's secrets and this project's (the journal
+    /// and the error are the project's outputs).
+    fn redact(&self, text: &str) -> String {
+        crate::ops::redact::redact_in(
+            crate::ops::redact::Scope::Project(&self.row.view.project),
+            text,
+        )
+    }
+
     pub(crate) fn phase(&mut self, message: impl Into<String>) {
         self.phase += 1;
         let _ = self.progress.send(Progress {
@@ -267,9 +276,10 @@ impl<'a> Op<'a> {
             }
             _ => {}
         }
+        // journal_command scrubs the tail.
         let (exit, tail) = match &result {
-            Ok(o) => (o.status, Some(crate::ops::redact::redact(&o.stderr_tail()))),
-            Err(e) => (None, Some(crate::ops::redact::redact(&e.to_string()))),
+            Ok(o) => (o.status, Some(o.stderr_tail())),
+            Err(e) => (None, Some(e.to_string())),
         };
         self.journal_command(step, app.name(), cmd, exit, tail.as_deref(), started)
             .await;
@@ -287,6 +297,7 @@ impl<'a> Op<'a> {
         stderr_tail: Option<&str>,
         started: Instant,
     ) {
+        let stderr_tail = stderr_tail.map(|t| self.redact(t));
         if let Ok(pool) = self.ctx.db.pool().await {
             let _ = journal::step_append(
                 pool,
@@ -295,7 +306,7 @@ impl<'a> Op<'a> {
                 Some(server),
                 &cmd.argv(),
                 exit,
-                stderr_tail,
+                stderr_tail.as_deref(),
                 started.elapsed(),
             )
             .await;
@@ -340,9 +351,10 @@ impl<'a> Op<'a> {
     }
 
     pub(crate) async fn journal_note(&self, step: &str, note: &str, duration: Duration) {
+        let note = self.redact(note);
         if let Ok(pool) = self.ctx.db.pool().await {
             let _ =
-                journal::step_append(pool, self.id, step, None, &[], None, Some(note), duration)
+                journal::step_append(pool, self.id, step, None, &[], None, Some(&note), duration)
                     .await;
         }
     }
@@ -353,6 +365,7 @@ impl<'a> Op<'a> {
         error: Option<&str>,
         result: Option<&serde_json::Value>,
     ) -> Result<(), OpError> {
+        let error = error.map(|e| self.redact(e));
         let Op {
             ctx,
             id,
@@ -362,7 +375,6 @@ impl<'a> Op<'a> {
         } = self;
         lease.finish();
         let pool = ctx.db.pool().await?;
-        let error = error.map(crate::ops::redact::redact);
         journal::deployment_finish(pool, id, token, ok, error.as_deref(), result).await?;
         Ok(())
     }
@@ -606,8 +618,11 @@ pub struct DeployOutcome {
     pub slot: SlotName,
     /// Its host port.
     pub port: u16,
-    /// Image.
+    /// Image reference as asked for.
     pub image: String,
+    /// Digest of the image the container runs (`sha256:…`; it runs
+    /// `REPOSITORY@DIGEST`); absent in results recorded before digests were.
+    pub digest: Option<String>,
     /// Preview URL routed through Caddy.
     pub preview_url: String,
     /// Health gate result.
@@ -676,12 +691,28 @@ pub async fn deploy(
     }
     let observed = observe(ctx, project, environment).await?;
     // The production policy (DESIGN §6) is checked before anything runs,
-    // dry run included, so a dry run says whether the deploy would be refused.
-    let staged = environment == Environment::Production
-        && journal::staging_deploy_succeeded(ctx.db.pool().await?, observed.project_id, image)
-            .await?;
-    let verdict = policy::check_deploy(environment, image, staged, override_reason, caller.role)
-        .map_err(|e| OpError::Refused(e.0))?;
+    // dry run included, so a dry run says whether the deploy would be
+    // refused. It compares digests: the one staging ran for this reference
+    // (or the one the reference names) is what production runs.
+    let staged_digest = match (environment, podman::image_ref_digest(image)) {
+        (Environment::Production, Some(d)) => {
+            journal::digest_staged(ctx.db.pool().await?, observed.project_id, d)
+                .await?
+                .then(|| d.to_string())
+        }
+        (Environment::Production, None) => {
+            journal::staged_digest(ctx.db.pool().await?, observed.project_id, image).await?
+        }
+        _ => None,
+    };
+    let verdict = policy::check_deploy(
+        environment,
+        image,
+        staged_digest.as_deref(),
+        override_reason,
+        caller.role,
+    )
+    .map_err(|e| OpError::Refused(e.0))?;
     let recorded_reason = match &verdict {
         PolicyVerdict::Overridden { reason } => Some(reason.as_str()),
         _ => None,
@@ -689,6 +720,10 @@ pub async fn deploy(
     let policy_text = (environment == Environment::Production).then(|| verdict.to_string());
     let input = DeployInput {
         image: image.to_string(),
+        staged_digest: match &verdict {
+            PolicyVerdict::StagedFirst { digest } => Some(digest.clone()),
+            _ => None,
+        },
     };
     if dry_run {
         let mut plan = plan_deploy(&observed.view, &input, &ctx.config.routing.preview_domain)
@@ -737,13 +772,18 @@ pub async fn deploy(
         "planned: deploy {image} into {} (port {})",
         plan.slot, plan.port
     ));
-    match apply_deploy(&mut op, &plan, image).await {
-        Ok((health, env_version)) => {
+    match apply_deploy(&mut op, &plan).await {
+        Ok(Applied {
+            health,
+            env_version,
+            digest,
+        }) => {
             let outcome = DeployOutcome {
                 deployment_id: op.id,
                 slot: plan.slot,
                 port: plan.port,
                 image: image.to_string(),
+                digest: Some(digest),
                 preview_url: preview_url(ctx, &plan.preview_host),
                 health,
                 warnings: plan.warnings.clone(),
@@ -811,6 +851,8 @@ impl<'de> serde::Deserialize<'de> for DeployOutcome {
             slot: SlotName,
             port: u16,
             image: String,
+            #[serde(default)]
+            digest: Option<String>,
             preview_url: String,
             health: String,
             #[serde(default)]
@@ -826,6 +868,7 @@ impl<'de> serde::Deserialize<'de> for DeployOutcome {
             slot: r.slot,
             port: r.port,
             image: r.image,
+            digest: r.digest,
             preview_url: r.preview_url,
             health: r.health,
             warnings: r.warnings,
@@ -842,13 +885,55 @@ fn fail(step: &str, message: impl Into<String>) -> StepFailure {
     (step.to_string(), message.into(), false)
 }
 
-async fn apply_deploy(
-    op: &mut Op<'_>,
-    plan: &DeployPlan,
+/// What a deploy that went through did.
+struct Applied {
+    health: String,
+    env_version: Option<i32>,
+    /// The digest pulled and run.
+    digest: String,
+}
+
+/// The digest `image` was pulled as (after `podman pull`, whose stdout is
+/// the image id), checked against the digest the plan expects, recorded
+/// on the deployment; returns (digest, `REPOSITORY@DIGEST` to run).
+async fn pulled_digest(
+    op: &Op<'_>,
     image: &str,
-) -> Result<(String, Option<i32>), StepFailure> {
+    pull_stdout: &str,
+    expected: Option<&str>,
+) -> Result<(String, String), StepFailure> {
+    let id = podman::parse_pulled_id(pull_stdout).map_err(|e| fail("pull", e))?;
+    let cmd = podman::image_digests(&id).map_err(|e| fail("pull", e.0))?;
+    let out = op
+        .run_ok("image_digest", &cmd)
+        .await
+        .map_err(|e| fail("pull", e))?;
+    let digest =
+        podman::parse_image_digest(&out.stdout_text(), image).map_err(|e| fail("pull", e))?;
+    if let Some(want) = expected.filter(|w| *w != digest) {
+        return Err(fail(
+            "pull",
+            format!("{image} was pulled as digest {digest}, not {want}; nothing was run"),
+        ));
+    }
+    let pinned = podman::pinned_image(image, &digest).map_err(|e| fail("pull", e.0))?;
+    let pool = op
+        .ctx
+        .db
+        .pool()
+        .await
+        .map_err(|e| fail("record", e.to_string()))?;
+    journal::deployment_set_digest(pool, op.id, op.token, &digest)
+        .await
+        .map_err(|e| fail("record", e.to_string()))?;
+    Ok((digest, pinned))
+}
+
+async fn apply_deploy(op: &mut Op<'_>, plan: &DeployPlan) -> Result<Applied, StepFailure> {
     let view = op.row.view.clone();
     let mut health = String::new();
+    // Set by the pull: (digest, REPOSITORY@DIGEST), what the run names.
+    let mut pulled: Option<(String, String)> = None;
     // The container runs with the latest env version, synced now: the app
     // file is always rewritten (what runs is what the file says), the
     // backup copy once per version.
@@ -883,25 +968,30 @@ async fn apply_deploy(
                 op.phase(format!("pulling {image}"));
                 let cmd = podman::pull(image).map_err(|e| fail("pull", e.0))?;
                 let env_write = sync_env_for_deploy(op, env.as_ref());
-                match &early_remove {
+                let out = match &early_remove {
                     Some(container) => {
                         let rm = podman::rm_force(container).map_err(|e| fail("remove", e.0))?;
-                        let (pulled, gone, written) = tokio::join!(
+                        let (out, gone, written) = tokio::join!(
                             op.run_ok("pull", &cmd),
                             op.run_ok("remove_old", &rm),
                             env_write
                         );
-                        pulled.map_err(|e| fail("pull", e))?;
+                        let out = out.map_err(|e| fail("pull", e))?;
                         gone.map_err(|e| fail("remove", e))?;
                         written?;
                         removed = true;
+                        out
                     }
                     None => {
-                        let (pulled, written) = tokio::join!(op.run_ok("pull", &cmd), env_write);
-                        pulled.map_err(|e| fail("pull", e))?;
+                        let (out, written) = tokio::join!(op.run_ok("pull", &cmd), env_write);
+                        let out = out.map_err(|e| fail("pull", e))?;
                         written?;
+                        out
                     }
-                }
+                };
+                pulled = Some(
+                    pulled_digest(op, image, &out.stdout_text(), plan.digest.as_deref()).await?,
+                );
             }
             DeployStep::EnsureNetwork => {
                 op.phase(format!("ensuring network {}", podman::NETWORK));
@@ -930,10 +1020,13 @@ async fn apply_deploy(
             }
             DeployStep::Run {
                 container,
-                image,
+                image: _,
                 host_port,
             } => {
-                op.phase(format!("starting {container}"));
+                let (_, pinned) = pulled
+                    .as_ref()
+                    .ok_or_else(|| fail("run", "the plan runs an image before pulling it"))?;
+                op.phase(format!("starting {container} from {pinned}"));
                 let labels = [
                     (podman::LABEL_PROJECT, view.project.clone()),
                     (podman::LABEL_ENVIRONMENT, view.environment.to_string()),
@@ -949,7 +1042,7 @@ async fn apply_deploy(
                 };
                 let spec = RunSpec {
                     name: container.clone(),
-                    image: image.clone(),
+                    image: pinned.clone(),
                     labels,
                     network: podman::NETWORK.to_string(),
                     host_port: *host_port,
@@ -994,7 +1087,7 @@ async fn apply_deploy(
                     op.env(),
                     plan.slot.as_str(),
                     "deployed",
-                    Some(image),
+                    pulled.as_ref().map(|(_, pinned)| pinned.as_str()),
                 )
                 .await
                 .map_err(|e| fail("record", e.to_string()))?;
@@ -1010,7 +1103,14 @@ async fn apply_deploy(
             }
         }
     }
-    Ok((health, env.as_ref().map(|r| r.version)))
+    let digest = pulled
+        .map(|(d, _)| d)
+        .ok_or_else(|| fail("pull", "the plan has no pull"))?;
+    Ok(Applied {
+        health,
+        env_version: env.as_ref().map(|r| r.version),
+        digest,
+    })
 }
 
 /// Writes the env file a deploy runs with (and, for a version never synced,

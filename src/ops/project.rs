@@ -131,10 +131,12 @@ pub async fn create_project(
                 .failed
                 .push(format!("project row {name} (id {id}): {e}")),
         }
+        let cause = redact::redact_in(redact::Scope::Project(name), &cause);
+        redact::forget_project(name);
         CreateError::Failed {
             project: name.to_string(),
             step,
-            cause: redact::redact(&cause),
+            cause,
             undone: undone.to_string(),
         }
     };
@@ -157,6 +159,9 @@ pub async fn create_project(
             .await)
         }
     };
+    // Secrets generated for the project from here on are its own (a stale
+    // entry of an earlier project of this name is dropped).
+    redact::open_project(&redact::ProjectRef { name, id, team });
     let provisioned: ProjectStorage = match storage::provision_project_storage(ctx, name).await {
         Ok(s) => s,
         Err(e) => {
@@ -175,27 +180,28 @@ pub async fn create_project(
     for creds in &provisioned.environments {
         let vars: BTreeMap<String, String> =
             crate::plan::storage::storage_env_vars(&creds.names, creds.password(), &endpoint);
-        for v in vars.values() {
-            // The password is registered already; URLs carry it too.
-            if v.contains(creds.password()) {
-                redact::register(v);
+        // The password is registered already (storage generated it); the
+        // URLs carrying it are once the version is written.
+        let version = match crate::ops::env::init_protected(
+            ctx,
+            redact::ProjectRef { name, id, team },
+            creds.environment,
+            &vars,
+            principal,
+        )
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                let undone = storage::revert_project_storage(ctx, &provisioned).await;
+                return Err(undo_rows(
+                    format!("store the {} env variables", creds.environment),
+                    e,
+                    undone,
+                )
+                .await);
             }
-        }
-        let version =
-            match crate::ops::env::init_protected(ctx, id, creds.environment, &vars, principal)
-                .await
-            {
-                Ok(v) => v,
-                Err(e) => {
-                    let undone = storage::revert_project_storage(ctx, &provisioned).await;
-                    return Err(undo_rows(
-                        format!("store the {} env variables", creds.environment),
-                        e,
-                        undone,
-                    )
-                    .await);
-                }
-            };
+        };
         let base_port = row
             .environments
             .iter()

@@ -336,6 +336,8 @@ pub async fn project_delete(
                 let _ = op.finish_ok(result.as_ref()).await;
             }
             primary.finish_ok(result.as_ref()).await?;
+            // Its secrets are gone with it: nothing of it is masked any more.
+            redact::forget_project(project);
             Ok(outcome)
         }
         Some((i, message)) => {

@@ -171,12 +171,13 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], StorageError> {
 }
 
 /// A fresh password of `plan::storage::PASSWORD_LEN` alphanumeric
-/// characters from the OS's random source, registered for redaction.
-pub fn generate_password() -> Result<String, StorageError> {
+/// characters from the OS's random source, registered for redaction as a
+/// secret of `project`.
+pub fn generate_password(project: &str) -> Result<String, StorageError> {
     loop {
         // 128 bytes hold 32 accepted ones except with negligible probability.
         if let Some(pw) = plan::password_from_random(&random_bytes::<128>()?) {
-            redact::register(&pw);
+            redact::add_current(project, redact::STORAGE_SOURCE, [pw.clone()].into());
             return Ok(pw);
         }
     }
@@ -341,7 +342,7 @@ pub async fn provision_project_storage(
         created: Created::default(),
     };
     for (env, n) in &names {
-        let password = generate_password().map_err(no_revert)?;
+        let password = generate_password(project).map_err(no_revert)?;
         storage.environments.push(EnvCredentials {
             environment: *env,
             names: n.clone(),

@@ -1,5 +1,11 @@
 //! Deploy planning (DESIGN §2): which slot to fill and the steps to fill
 //! it. Pure: `plan_deploy(view, input)` is all there is.
+//!
+//! A container always runs an image by digest (`REPOSITORY@sha256:…`):
+//! the pull reads the digest the reference was pulled as, and the run
+//! names exactly that, so what runs is what was recorded — never what a
+//! tag points at a moment later. A production deploy of a staged reference
+//! pulls the digest staging ran (DESIGN §6).
 
 use std::fmt;
 
@@ -7,6 +13,7 @@ use serde::Serialize;
 
 use crate::model::{SlotName, SlotState};
 use crate::plan::env::{other, EnvView, Refusal};
+use crate::plan::podman;
 
 /// Health gate defaults (DESIGN §2), named with their units.
 pub const HEALTH_INTERVAL_MS: u64 = 1_000;
@@ -20,15 +27,18 @@ pub const HEALTH_DEADLINE_SECS: u64 = 60;
 pub struct DeployInput {
     /// Image reference (validated).
     pub image: String,
+    /// The digest staging ran healthy for it, which production deploys
+    /// instead of whatever the reference names now (`plan::policy`).
+    pub staged_digest: Option<String>,
 }
 
 /// One step of a deploy, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum DeployStep {
-    /// podman pull.
+    /// podman pull, then read the digest it was pulled as.
     Pull {
-        /// Image.
+        /// Image reference pulled (by digest when the digest is known).
         image: String,
     },
     /// Make sure the codeb network exists.
@@ -38,11 +48,12 @@ pub enum DeployStep {
         /// Container name.
         container: String,
     },
-    /// Start the new container.
+    /// Start the new container from the pulled digest.
     Run {
         /// Container name.
         container: String,
-        /// Image.
+        /// Image reference pulled; the container runs its repository at
+        /// the digest the pull read.
         image: String,
         /// Host port on the app server's loopback.
         host_port: u16,
@@ -68,10 +79,15 @@ pub enum DeployStep {
 impl fmt::Display for DeployStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Pull { image } => write!(f, "pull {image}"),
+            Self::Pull { image } => write!(f, "pull {image} and read the digest it is pulled as"),
             Self::EnsureNetwork => write!(f, "ensure network {}", crate::plan::podman::NETWORK),
             Self::RemoveContainer { container } => write!(f, "remove container {container} if present"),
-            Self::Run { container, image, host_port } => write!(f, "run {container} from {image} on 127.0.0.1:{host_port}"),
+            Self::Run { container, image, host_port } => write!(
+                f,
+                "run {container} from {}@{} on 127.0.0.1:{host_port}",
+                podman::image_repository(image),
+                podman::image_ref_digest(image).unwrap_or("<the digest pulled>")
+            ),
             Self::HealthGate { port, path } => write!(
                 f,
                 "probe http://127.0.0.1:{port}{path} every {HEALTH_INTERVAL_MS} ms until 200, at most {HEALTH_DEADLINE_SECS} s"
@@ -100,6 +116,9 @@ pub struct DeployPlan {
     /// The production policy's verdict (DESIGN §6), set by the operation
     /// once it has observed staging; `None` from the planner.
     pub policy: Option<String>,
+    /// The digest the container will run, when known before the pull (a
+    /// staged digest, or a reference by digest); the pull must match it.
+    pub digest: Option<String>,
 }
 
 impl fmt::Display for DeployPlan {
@@ -151,9 +170,19 @@ pub fn plan_deploy(
             target.image.as_deref().unwrap_or("?")
         ));
     }
+    let (pull, digest) = match &input.staged_digest {
+        Some(d) => (
+            podman::pinned_image(&input.image, d).map_err(|e| Refusal(e.0))?,
+            Some(d.clone()),
+        ),
+        None => (
+            input.image.clone(),
+            podman::image_ref_digest(&input.image).map(str::to_string),
+        ),
+    };
     let steps = vec![
         DeployStep::Pull {
-            image: input.image.clone(),
+            image: pull.clone(),
         },
         DeployStep::EnsureNetwork,
         DeployStep::RemoveContainer {
@@ -161,7 +190,7 @@ pub fn plan_deploy(
         },
         DeployStep::Run {
             container: container.clone(),
-            image: input.image.clone(),
+            image: pull,
             host_port: port,
         },
         DeployStep::HealthGate {
@@ -182,6 +211,7 @@ pub fn plan_deploy(
         steps,
         warnings,
         policy: None,
+        digest,
     })
 }
 
@@ -245,8 +275,11 @@ pub(crate) mod tests {
     fn input() -> DeployInput {
         DeployInput {
             image: "10.77.0.12:5000/demo:v2".into(),
+            staged_digest: None,
         }
     }
+
+    const DIGEST: &str = "sha256:d21c66eebc64089c2ab1a06e9072299b00c4ec94de45bb8c8ead75e324f65098";
 
     #[test]
     fn first_deploy_goes_to_blue() {
@@ -259,16 +292,61 @@ pub(crate) mod tests {
         assert_eq!(
             p.to_string(),
             "deploy into blue (port 4100)
-  1. pull 10.77.0.12:5000/demo:v2
+  1. pull 10.77.0.12:5000/demo:v2 and read the digest it is pulled as
   2. ensure network codeb-main
   3. remove container shop-production-blue if present
-  4. run shop-production-blue from 10.77.0.12:5000/demo:v2 on 127.0.0.1:4100
+  4. run shop-production-blue from 10.77.0.12:5000/demo@<the digest pulled> on 127.0.0.1:4100
   5. probe http://127.0.0.1:4100/health every 1000 ms until 200, at most 60 s
   6. route preview host shop-production-blue.preview.codeb.test to port 4100
   7. record the slot as deployed
 "
         );
         assert!(p.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_staged_digest_is_pulled_and_run_instead_of_the_tag() {
+        let staged = DeployInput {
+            staged_digest: Some(DIGEST.into()),
+            ..input()
+        };
+        let p = plan_deploy(&view(SlotState::Empty, SlotState::Empty), &staged, "p.test").unwrap();
+        let text = p.to_string();
+        assert!(
+            text.contains(&format!("1. pull 10.77.0.12:5000/demo@{DIGEST} and read")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("from 10.77.0.12:5000/demo@{DIGEST} on")),
+            "{text}"
+        );
+        assert!(!text.contains("demo:v2"), "{text}");
+        assert_eq!(p.digest.as_deref(), Some(DIGEST));
+        // A reference by digest (tag and digest): that digest, the tag dropped.
+        let by_digest = DeployInput {
+            image: format!("10.77.0.12:5000/demo:v2@{DIGEST}"),
+            staged_digest: None,
+        };
+        let p = plan_deploy(
+            &view(SlotState::Empty, SlotState::Empty),
+            &by_digest,
+            "p.test",
+        )
+        .unwrap();
+        assert_eq!(p.digest.as_deref(), Some(DIGEST));
+        assert!(p
+            .to_string()
+            .contains(&format!("from 10.77.0.12:5000/demo@{DIGEST} on")));
+        assert_eq!(
+            plan_deploy(
+                &view(SlotState::Empty, SlotState::Empty),
+                &input(),
+                "p.test"
+            )
+            .unwrap()
+            .digest,
+            None
+        );
     }
 
     #[test]

@@ -456,6 +456,130 @@ pub fn pull(image: &str) -> Result<RemoteCmd, Invalid> {
         .timeout(PULL_TIMEOUT))
 }
 
+/// Time limit of reading a local image's digests.
+pub const INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The repository of a valid image reference: the reference without its
+/// tag and digest (`10.77.0.12:5000/demo:v1@sha256:…` → `10.77.0.12:5000/demo`).
+pub fn image_repository(image: &str) -> &str {
+    let name_tag = image.split_once('@').map_or(image, |(n, _)| n);
+    match name_tag.rfind(':') {
+        Some(colon) if name_tag.rfind('/').is_none_or(|s| colon > s) => &name_tag[..colon],
+        _ => name_tag,
+    }
+}
+
+/// The digest a reference names (`…@sha256:…`), if it names one.
+pub fn image_ref_digest(image: &str) -> Option<&str> {
+    image.split_once('@').map(|(_, d)| d)
+}
+
+/// Checks a manifest digest: `sha256:` and 64 lowercase hex digits.
+pub fn validate_digest(digest: &str) -> Result<(), Invalid> {
+    let ok = digest.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid(format!(
+            "image digest {} is invalid: expected sha256: and 64 lowercase hex digits",
+            describe_input(digest)
+        )))
+    }
+}
+
+/// `REPOSITORY@DIGEST`: the reference that names exactly the image
+/// `digest` of `image`'s repository, whatever its tags point at now.
+pub fn pinned_image(image: &str, digest: &str) -> Result<String, Invalid> {
+    validate_digest(digest)?;
+    let pinned = format!("{}@{digest}", image_repository(image));
+    validate_image_ref(&pinned)?;
+    Ok(pinned)
+}
+
+/// Reads the digests of a local image by its id (what `pull` printed):
+/// `podman image inspect --format '{{.Digest}}{{range .RepoDigests}} {{.}}{{end}}' -- ID`
+/// prints the digest of the manifest it was pulled by, then every
+/// `repository@digest` it is known as (`parse_image_digest`).
+pub fn image_digests(image_id: &str) -> Result<RemoteCmd, Invalid> {
+    if !is_image_id(image_id) {
+        return Err(Invalid(format!(
+            "image id {} is invalid: expected 64 lowercase hex digits",
+            describe_input(image_id)
+        )));
+    }
+    Ok(RemoteCmd::new("podman")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{.Digest}}{{range .RepoDigests}} {{.}}{{end}}",
+            "--",
+        ])
+        .arg(image_id)
+        .timeout(INSPECT_TIMEOUT))
+}
+
+fn is_image_id(id: &str) -> bool {
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The image id `podman pull -q` printed: its last line, 64 hex digits.
+pub fn parse_pulled_id(stdout: &str) -> Result<String, String> {
+    let last = stdout.lines().map(str::trim).rfind(|l| !l.is_empty());
+    match last {
+        Some(id) if is_image_id(id) => Ok(id.to_string()),
+        _ => Err(format!(
+            "podman pull printed no image id (expected 64 hex digits, got {})",
+            describe_input(stdout.trim())
+        )),
+    }
+}
+
+/// The digest `image` was pulled as, from `image_digests` output: the
+/// digest `image` names, if it names one (and podman knows the image by
+/// it); else the digest podman records for the pull when the image is
+/// known by it in `image`'s repository, else the one digest it is known
+/// by there, else the recorded digest. `REPOSITORY@DIGEST` of the answer
+/// names exactly the pulled image.
+pub fn parse_image_digest(stdout: &str, image: &str) -> Result<String, String> {
+    let mut tokens = stdout.split_whitespace();
+    let primary = tokens.next().filter(|d| validate_digest(d).is_ok());
+    let repository = image_repository(image);
+    let in_repository: Vec<&str> = tokens
+        .filter_map(|t| t.split_once('@'))
+        .filter(|(repo, d)| *repo == repository && validate_digest(d).is_ok())
+        .map(|(_, d)| d)
+        .collect();
+    let known = |d: &str| primary == Some(d) || in_repository.contains(&d);
+    if let Some(wanted) = image_ref_digest(image) {
+        return if known(wanted) {
+            Ok(wanted.to_string())
+        } else {
+            Err(format!(
+                "the image pulled as {image} is not known by digest {wanted} (podman reports {})",
+                describe_input(stdout.trim())
+            ))
+        };
+    }
+    match (primary, in_repository.as_slice()) {
+        (Some(p), list) if list.contains(&p) => Ok(p.to_string()),
+        (_, [only]) => Ok(only.to_string()),
+        (Some(p), _) => Ok(p.to_string()),
+        (None, _) => Err(format!(
+            "podman reports no digest for the image pulled as {image} (got {}); codeb runs images by digest, so push it to a registry and deploy it from there",
+            describe_input(stdout.trim())
+        )),
+    }
+}
+
 /// Exits 0 when the network exists, 1 when it does not.
 /// `name` is codeb's own (`NETWORK`) or from validated config.
 pub fn network_exists(name: &str) -> RemoteCmd {
@@ -1051,6 +1175,56 @@ mod tests {
         let e = validate_image_ref("demo:v1").unwrap_err().to_string();
         assert!(e.contains("names no registry"), "{e}");
         assert!(e.contains("REGISTRY[:PORT]/NAME[:TAG]"), "{e}");
+    }
+
+    #[test]
+    fn digests_of_references() {
+        const D: &str = "sha256:d21c66eebc64089c2ab1a06e9072299b00c4ec94de45bb8c8ead75e324f65098";
+        const E: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+        let tagged = "10.77.0.12:5000/demo:v1";
+        let both = format!("10.77.0.12:5000/demo:v1@{D}");
+        assert_eq!(image_repository(tagged), "10.77.0.12:5000/demo");
+        assert_eq!(image_repository(&both), "10.77.0.12:5000/demo");
+        assert_eq!(image_repository("localhost:5000/a/b"), "localhost:5000/a/b");
+        assert_eq!(image_ref_digest(tagged), None);
+        assert_eq!(image_ref_digest(&both), Some(D));
+        assert_eq!(
+            pinned_image(tagged, D).unwrap(),
+            format!("10.77.0.12:5000/demo@{D}")
+        );
+        assert!(pinned_image(tagged, "sha256:abc").is_err());
+        assert!(pinned_image(tagged, &D.to_uppercase()).is_err());
+
+        let id = "eddea17db3d271717d3d9cde5434703e0130e95efa98bc2ed846831e73357e1b";
+        assert_eq!(
+            image_digests(id).unwrap().to_string(),
+            r#"podman image inspect --format "{{.Digest}}{{range .RepoDigests}} {{.}}{{end}}" -- "#
+                .to_string()
+                + id
+        );
+        assert!(image_digests("-x").is_err());
+        assert!(image_digests(&id[..12]).is_err());
+        assert_eq!(parse_pulled_id(&format!("{id}\n")).unwrap(), id);
+        assert_eq!(
+            parse_pulled_id(&format!("Writing manifest\n{id}\n")).unwrap(),
+            id
+        );
+        assert!(parse_pulled_id("").is_err());
+        assert!(parse_pulled_id("Error: x").is_err());
+
+        // The recorded digest, known in the repository: taken.
+        let out = format!("{D} 10.77.0.12:5000/demo@{D} other:5000/x@{E}\n");
+        assert_eq!(parse_image_digest(&out, tagged).unwrap(), D);
+        // Recorded from another repository's pull: the one digest of ours.
+        let out = format!("{E} 10.77.0.12:5000/demo@{D} other:5000/x@{E}");
+        assert_eq!(parse_image_digest(&out, tagged).unwrap(), D);
+        // A reference by digest gets exactly that digest, or an error.
+        assert_eq!(parse_image_digest(&out, &both).unwrap(), D);
+        let e = parse_image_digest(&format!("{E} 10.77.0.12:5000/demo@{E}"), &both).unwrap_err();
+        assert!(e.contains("not known by digest"), "{e}");
+        // Nothing usable.
+        let e = parse_image_digest("<none>", tagged).unwrap_err();
+        assert!(e.contains("no digest"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The production deploy policy (DESIGN §6): an image reaches production
-//! only after it was deployed healthy to the same project's staging, unless
-//! an admin or owner overrides with a recorded reason. Pure: the caller
-//! observes whether staging ever ran the image and passes that in.
+//! only after the same image *digest* was deployed healthy to the same
+//! project's staging, unless an admin or owner overrides with a recorded
+//! reason. Tags move, digests do not: production deploys the digest
+//! staging ran (`REPOSITORY@DIGEST`), so a tag pushed over after staging
+//! never reaches production unnoticed. Pure: the caller observes which
+//! digest staging ran healthy for the reference and passes that in.
 
 use crate::model::{Environment, Role};
 
@@ -15,9 +18,14 @@ pub const OVERRIDE_MIN_ROLE: Role = Role::Admin;
 pub enum PolicyVerdict {
     /// Not a production deploy: the policy does not apply.
     NotProduction,
-    /// The image was deployed healthy to staging before.
-    StagedFirst,
-    /// Never staged, but an admin or owner overrode with this reason.
+    /// The image was deployed healthy to staging before, as this digest:
+    /// production deploys exactly it.
+    StagedFirst {
+        /// The digest staging ran (`sha256:…`).
+        digest: String,
+    },
+    /// Never staged, but an admin or owner overrode with this reason:
+    /// production deploys the digest the reference names now (recorded).
     Overridden {
         /// The recorded reason.
         reason: String,
@@ -28,9 +36,12 @@ impl std::fmt::Display for PolicyVerdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NotProduction => f.write_str("not a production deploy; no staging check"),
-            Self::StagedFirst => f.write_str("allowed: the image was deployed healthy to staging"),
+            Self::StagedFirst { digest } => write!(
+                f,
+                "allowed: digest {digest} was deployed healthy to staging; production runs exactly that digest"
+            ),
             Self::Overridden { .. } => f.write_str(
-                "allowed by override: the image was never deployed to staging; the reason is recorded",
+                "allowed by override: the image was never deployed to staging; production runs the digest it has now, recorded with the reason",
             ),
         }
     }
@@ -60,12 +71,13 @@ pub fn validate_override_reason(reason: &str) -> Result<(), PolicyRefusal> {
 }
 
 /// Decides whether a deploy of `image` to `environment` may go ahead.
-/// `staged` is true when a deploy of the same image reference to the same
-/// project's staging succeeded (it passed the health gate).
+/// `staged_digest` is the digest a deploy of the same reference (for a
+/// reference by digest: of that digest) to the same project's staging ran
+/// healthy (it passed the health gate), if any; the latest such deploy's.
 pub fn check_deploy(
     environment: Environment,
     image: &str,
-    staged: bool,
+    staged_digest: Option<&str>,
     override_reason: Option<&str>,
     role: Role,
 ) -> Result<PolicyVerdict, PolicyRefusal> {
@@ -75,12 +87,14 @@ pub fn check_deploy(
     if environment != Environment::Production {
         return Ok(PolicyVerdict::NotProduction);
     }
-    if staged {
-        return Ok(PolicyVerdict::StagedFirst);
+    if let Some(digest) = staged_digest {
+        return Ok(PolicyVerdict::StagedFirst {
+            digest: digest.to_string(),
+        });
     }
     match override_reason {
         None => Err(PolicyRefusal(format!(
-            "production deploy refused: {image} was never deployed healthy to this project's staging. Deploy it to staging first (deploy with environment \"staging\"), check its preview, then deploy it to production; an admin or owner may instead pass override_reason"
+            "production deploy refused: {image} was never deployed healthy to this project's staging (production takes only a digest staging ran). Deploy it to staging first (deploy with environment \"staging\"), check its preview, then deploy it to production; an admin or owner may instead pass override_reason"
         ))),
         Some(_) if role < OVERRIDE_MIN_ROLE => Err(PolicyRefusal(format!(
             "production deploy refused: {image} was never deployed healthy to this project's staging, and override_reason is accepted only from an admin or owner (this caller is {}). Deploy it to staging first, or ask an admin",
@@ -97,22 +111,44 @@ mod tests {
     use super::*;
 
     const IMG: &str = "registry:5000/shop:v2";
+    const DIGEST: &str = "sha256:d21c66eebc64089c2ab1a06e9072299b00c4ec94de45bb8c8ead75e324f65098";
 
     #[test]
     fn production_needs_staging_first() {
-        let e = check_deploy(Environment::Production, IMG, false, None, Role::Owner).unwrap_err();
+        let e = check_deploy(Environment::Production, IMG, None, None, Role::Owner).unwrap_err();
         assert!(e.0.contains("Deploy it to staging first"), "{e}");
-        assert_eq!(
-            check_deploy(Environment::Production, IMG, true, None, Role::Member),
-            Ok(PolicyVerdict::StagedFirst)
+        let v = check_deploy(
+            Environment::Production,
+            IMG,
+            Some(DIGEST),
+            None,
+            Role::Member,
         );
+        assert_eq!(
+            v,
+            Ok(PolicyVerdict::StagedFirst {
+                digest: DIGEST.into()
+            })
+        );
+        assert!(v.unwrap().to_string().contains(DIGEST));
+        // A staged digest wins over an override: production still runs it.
+        assert!(matches!(
+            check_deploy(
+                Environment::Production,
+                IMG,
+                Some(DIGEST),
+                Some("x"),
+                Role::Owner
+            ),
+            Ok(PolicyVerdict::StagedFirst { .. })
+        ));
     }
 
     #[test]
     fn other_environments_are_not_checked() {
         for env in [Environment::Staging, Environment::Preview] {
             assert_eq!(
-                check_deploy(env, IMG, false, None, Role::Member),
+                check_deploy(env, IMG, None, None, Role::Member),
                 Ok(PolicyVerdict::NotProduction)
             );
         }
@@ -121,13 +157,13 @@ mod tests {
     #[test]
     fn only_admins_and_owners_override() {
         for role in [Role::Viewer, Role::Member] {
-            let e = check_deploy(Environment::Production, IMG, false, Some("hotfix"), role)
-                .unwrap_err();
+            let e =
+                check_deploy(Environment::Production, IMG, None, Some("hotfix"), role).unwrap_err();
             assert!(e.0.contains("only from an admin or owner"), "{e}");
         }
         for role in [Role::Admin, Role::Owner] {
             assert_eq!(
-                check_deploy(Environment::Production, IMG, false, Some("hotfix"), role),
+                check_deploy(Environment::Production, IMG, None, Some("hotfix"), role),
                 Ok(PolicyVerdict::Overridden {
                     reason: "hotfix".into()
                 })

@@ -309,8 +309,10 @@ pub struct DeploymentRow {
     pub operation: String,
     /// Target slot.
     pub slot: Option<String>,
-    /// Image.
+    /// Image reference as asked for.
     pub image: Option<String>,
+    /// Digest of the image a deploy pulled and ran (`sha256:…`).
+    pub image_digest: Option<String>,
     /// Env version.
     pub env_version: Option<i32>,
     /// running / succeeded / failed / recovered.
@@ -330,7 +332,7 @@ pub struct DeploymentRow {
 }
 
 const SELECT_DEPLOYMENT: &str = "SELECT d.id, p.name AS project, d.environment, d.operation, d.slot, d.image,
-        d.env_version, d.status, d.principal, d.reason, d.error, d.result, d.created_at, d.finished_at
+        d.image_digest, d.env_version, d.status, d.principal, d.reason, d.error, d.result, d.created_at, d.finished_at
    FROM deployments d JOIN projects p ON p.id = d.project_id";
 
 /// One deployment by id.
@@ -343,22 +345,60 @@ pub async fn deployment_by_id(pool: &PgPool, id: Uuid) -> Result<Option<Deployme
     )
 }
 
-/// Whether a deploy of exactly `image` to the project's staging ever
-/// succeeded (passed its health gate): the production policy (DESIGN §6).
-pub async fn staging_deploy_succeeded(
+/// The digest the latest healthy deploy of exactly the reference `image`
+/// to the project's staging ran (it passed its health gate), if any: what
+/// a production deploy of that reference runs (DESIGN §6). Deploys made
+/// before digests were recorded do not count.
+pub async fn staged_digest(
     pool: &PgPool,
     project_id: i64,
     image: &str,
-) -> Result<bool, DbError> {
+) -> Result<Option<String>, DbError> {
     Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM deployments
-                         WHERE project_id = $1 AND environment = 'staging'
-                           AND operation = 'deploy' AND status = 'succeeded' AND image = $2)",
+        "SELECT image_digest FROM deployments
+          WHERE project_id = $1 AND environment = 'staging' AND operation = 'deploy'
+            AND status = 'succeeded' AND image = $2 AND image_digest IS NOT NULL
+          ORDER BY finished_at DESC NULLS LAST LIMIT 1",
     )
     .bind(project_id)
     .bind(image)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Whether a deploy to the project's staging ran `digest` healthy, under
+/// whatever reference (DESIGN §6).
+pub async fn digest_staged(pool: &PgPool, project_id: i64, digest: &str) -> Result<bool, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM deployments
+                         WHERE project_id = $1 AND environment = 'staging' AND operation = 'deploy'
+                           AND status = 'succeeded' AND image_digest = $2)",
+    )
+    .bind(project_id)
+    .bind(digest)
     .fetch_one(pool)
     .await?)
+}
+
+/// Records the digest a deploy pulled (and runs); `false` when the lease
+/// was lost.
+pub async fn deployment_set_digest(
+    pool: &PgPool,
+    id: Uuid,
+    fencing_token: i64,
+    digest: &str,
+) -> Result<bool, DbError> {
+    let n = sqlx::query(
+        "UPDATE deployments SET image_digest = $3
+          WHERE id = $1 AND fencing_token = $2 AND status = 'running'",
+    )
+    .bind(id)
+    .bind(fencing_token)
+    .bind(digest)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
 }
 
 /// A page of deployments, newest first, after the `after` id; of projects

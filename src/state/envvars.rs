@@ -193,3 +193,92 @@ pub async fn key_ids_in_use(pool: &PgPool) -> Result<Vec<String>, DbError> {
             .await?,
     )
 }
+
+/// The latest version number of a (project, environment), if any.
+pub async fn latest_version_number(
+    pool: &PgPool,
+    project_id: i64,
+    environment: &str,
+) -> Result<Option<i32>, DbError> {
+    Ok(sqlx::query_scalar(
+        "SELECT max(version) FROM env_versions WHERE project_id = $1 AND environment = $2",
+    )
+    .bind(project_id)
+    .bind(environment)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// A version some live project uses, with its project's name and team.
+#[derive(Debug, Clone)]
+pub struct VersionInUse {
+    /// Project id.
+    pub project_id: i64,
+    /// Project name.
+    pub project: String,
+    /// Project team.
+    pub team: String,
+    /// Environment.
+    pub environment: String,
+    /// The version.
+    pub row: EnvVersionRow,
+}
+
+/// Every live project's latest version per environment and the versions
+/// its non-empty slots run, newest first per (project, environment).
+pub async fn versions_in_use(pool: &PgPool) -> Result<Vec<VersionInUse>, DbError> {
+    // (name, team) and then the `RowWithEnv` columns.
+    type InUseRow = (
+        String,
+        String,
+        i64,
+        String,
+        i32,
+        Vec<u8>,
+        Vec<u8>,
+        sqlx::types::Json<Vec<KeyInfo>>,
+        String,
+        String,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+    );
+    let rows: Vec<InUseRow> = sqlx::query_as(&format!(
+            "SELECT p.name, p.team_id, v.project_id, v.environment, {COLUMNS_V}
+               FROM env_versions v JOIN projects p ON p.id = v.project_id
+              WHERE p.deleted_at IS NULL
+                AND (v.version = (SELECT max(w.version) FROM env_versions w
+                                   WHERE w.project_id = v.project_id AND w.environment = v.environment)
+                     OR v.version IN (SELECT s.env_version FROM slots s
+                                       WHERE s.project_id = v.project_id AND s.environment = v.environment
+                                         AND s.state <> 'empty' AND s.env_version IS NOT NULL))
+              ORDER BY v.project_id, v.environment, v.version DESC"
+        ))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let (project, team) = (r.0, r.1);
+            let (project_id, environment, row) =
+                split_row_with_env((r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9, r.10, r.11));
+            VersionInUse {
+                project_id,
+                project,
+                team,
+                environment,
+                row,
+            }
+        })
+        .collect())
+}
+
+/// The team of a live project (whose env values are registered for
+/// redaction in its outputs); `None` when it does not exist (any more).
+pub async fn project_team(pool: &PgPool, project_id: i64) -> Result<Option<String>, DbError> {
+    Ok(
+        sqlx::query_scalar("SELECT team_id FROM projects WHERE id = $1 AND deleted_at IS NULL")
+            .bind(project_id)
+            .fetch_optional(pool)
+            .await?,
+    )
+}

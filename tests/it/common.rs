@@ -260,6 +260,11 @@ impl HttpServer {
         let _ = self.child.wait().await;
     }
 
+    /// The codeb process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("codeb is running")
+    }
+
     /// An rmcp client over streamable HTTP.
     pub async fn client(&self) -> RunningService<RoleClient, ()> {
         self.client_with_key(&self.key).await

@@ -827,7 +827,13 @@ async fn codeb_killed_mid_deploy_is_recovered_within_the_lease() {
             let status = settled_slots(&client, &p).await;
             assert_consistent(&status);
             assert_eq!(slot(&status, "green")["state"], json!("deployed"));
-            assert_eq!(slot(&status, "green")["image"], json!(image("v2")));
+            // The slot runs the deploy's digest (`REPOSITORY@DIGEST`).
+            let pinned = format!(
+                "{}@{}",
+                image("v2").rsplit_once(':').unwrap().0,
+                outcome["digest"].as_str().expect("the deploy's digest")
+            );
+            assert_eq!(slot(&status, "green")["image"], json!(pinned));
             assert_eq!(slot(&status, "blue")["state"], json!("active"));
             let labels = container_labels(&p, "green").await.expect("green container");
             assert_eq!(

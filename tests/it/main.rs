@@ -28,6 +28,7 @@ mod pdns;
 mod podman_cmds;
 mod policy;
 mod project_delete;
+mod redaction;
 mod restore;
 mod schemas;
 mod secrets;

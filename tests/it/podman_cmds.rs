@@ -1,5 +1,5 @@
 //! podman commands over the real SSH executor on the app host (podman
-//! 4.3.1): pull, network exists/create, run with labels, limits and an env
+//! 4.3.1): pull and its digest, network exists/create, run with labels, limits and an env
 //! file, probe, logs, rm. Uses its own container, network, directory and a
 //! port in 5400-5499, and removes them even when an assertion fails.
 
@@ -10,9 +10,9 @@ use codeb::exec::Remote;
 use codeb::plan::cmd::RemoteCmd;
 use codeb::plan::files::write_file_atomic;
 use codeb::plan::podman::{
-    logs, network_create, network_exists, parse_http_status, parse_ps, probe_http, ps, pull,
-    rm_force, run as podman_run, RunSpec, LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_PROJECT,
-    LABEL_SLOT,
+    image_digests, logs, network_create, network_exists, parse_http_status, parse_image_digest,
+    parse_ps, parse_pulled_id, pinned_image, probe_http, ps, pull, rm_force, run as podman_run,
+    RunSpec, LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_PROJECT, LABEL_SLOT,
 };
 
 use super::app_host::{app_remote, remove_dir, run, run_ok, unique_dir, with_cleanup};
@@ -55,6 +55,15 @@ async fn pull_network_run_probe_logs_rm() {
             let image = format!("{registry}/demo:v1");
             let out = run_ok(&*remote, &pull(&image).unwrap()).await;
             assert_eq!(out.stdout_text().trim().len(), 64, "{}", out.stdout_text());
+            // Its digest, read by image id, names the same image in the
+            // repository: pulling REPOSITORY@DIGEST gives that id again.
+            let id = parse_pulled_id(&out.stdout_text()).unwrap();
+            let out = run_ok(&*remote, &image_digests(&id).unwrap()).await;
+            let digest = parse_image_digest(&out.stdout_text(), &image).unwrap();
+            let pinned = pinned_image(&image, &digest).unwrap();
+            assert_eq!(pinned, format!("{registry}/demo@{digest}"));
+            let out = run_ok(&*remote, &pull(&pinned).unwrap()).await;
+            assert_eq!(parse_pulled_id(&out.stdout_text()).unwrap(), id);
             let out = run(&*remote, &pull(&format!("{registry}/demo:wtp-missing")).unwrap()).await;
             assert!(!out.success());
             assert!(out.stderr_tail().contains("manifest unknown"), "{}", out.stderr_tail());

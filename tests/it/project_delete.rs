@@ -165,7 +165,7 @@ async fn project_delete_removes_everything_once_confirmed_and_finishes_after_a_f
         )
         .await
         .expect("env_set");
-        match lifecycle::deploy(
+        let deployed = match lifecycle::deploy(
             &ctx,
             &p,
             Environment::Staging,
@@ -180,9 +180,15 @@ async fn project_delete_removes_everything_once_confirmed_and_finishes_after_a_f
         .await
         .expect("deploy")
         {
-            Outcome::Done(_) => {}
+            Outcome::Done(d) => d,
             Outcome::Planned(_) => panic!("not a dry run"),
-        }
+        };
+        // The slot runs the deploy's digest (`REPOSITORY@DIGEST`).
+        let pinned = format!(
+            "{}@{}",
+            image("v1").rsplit_once(':').unwrap().0,
+            deployed.digest.as_deref().expect("the deploy's digest")
+        );
         match lifecycle::promote(
             &ctx,
             &p,
@@ -268,7 +274,7 @@ async fn project_delete_removes_everything_once_confirmed_and_finishes_after_a_f
         let port = created.environments[1].base_port;
         assert_eq!(st["ports"], json!([port, port + 1]));
         assert_eq!(st["slots"][0]["state"], "active");
-        assert_eq!(st["slots"][0]["image"], json!(image("v1")));
+        assert_eq!(st["slots"][0]["image"], json!(pinned));
         assert_eq!(st["slots"][1]["state"], "empty");
         assert_eq!(st["env_version"], 2);
         assert_eq!(st["storage"]["database"], json!(staging.pg));
