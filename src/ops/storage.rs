@@ -9,6 +9,9 @@
 //! Nothing is left half-made: every object is recorded the moment it
 //! exists, and a failure drops exactly what this call created — never an
 //! object that was already there.
+//!
+//! `project_role_password` is how backups and restores log in as a
+//! project's role (see `plan::pg`).
 
 use std::fmt;
 
@@ -264,8 +267,8 @@ async fn check_leftovers(
     let mut found = Vec::new();
     for (_, n) in names {
         let (role, db): (bool, bool) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
-                    EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)",
         )
         .bind(&n.pg)
         .fetch_one(pool)
@@ -313,6 +316,42 @@ async fn check_leftovers(
             what: found.join(", "),
         })
     }
+}
+
+/// The password codeb generated for the PostgreSQL role of (`project`,
+/// `environment`) and keeps as the protected `POSTGRES_PASSWORD`, checked
+/// to be that role's (`POSTGRES_USER`); registered for redaction. Backups
+/// and restores log in with it as the project's role (see `plan::pg`).
+pub async fn project_role_password(
+    ctx: &Ctx,
+    project_id: i64,
+    project: &str,
+    environment: Environment,
+) -> Result<String, String> {
+    let names = StorageNames::new(project, environment).map_err(|e| e.0)?;
+    let missing = |what: &str| {
+        format!(
+            "{project} {environment} has {what}, so codeb cannot log in to database {} as its \
+             role (backups and restores run as the project's role, never as a superuser); \
+             project_create stores it",
+            names.pg
+        )
+    };
+    let rendered = crate::ops::env::latest_rendered(ctx, project_id, project, environment)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| missing("no env variables"))?;
+    if rendered.vars.get("POSTGRES_USER") != Some(&names.pg) {
+        return Err(missing(&format!("no POSTGRES_USER {}", names.pg)));
+    }
+    let password = rendered
+        .vars
+        .get("POSTGRES_PASSWORD")
+        .filter(|p| !p.is_empty())
+        .cloned()
+        .ok_or_else(|| missing("no POSTGRES_PASSWORD"))?;
+    redact::register(&password);
+    Ok(password)
 }
 
 /// Creates the project's storage for every environment: checks for

@@ -12,6 +12,7 @@ pub mod env;
 pub mod envvars;
 pub mod files;
 pub mod health;
+pub mod pg;
 pub mod podman;
 pub mod policy;
 pub mod project_delete;
