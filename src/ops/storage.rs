@@ -10,6 +10,10 @@
 //! exists, and a failure drops exactly what this call created — never an
 //! object that was already there.
 //!
+//! Before anything is created, `harden_storage_postgres` makes sure no
+//! project role can connect to anything but its own database: CONNECT,
+//! TEMPORARY and CREATE are revoked from PUBLIC on `postgres`, `template1`
+//! and codeb's state database (`plan::pg::harden_cluster`, idempotent).
 //! `project_role_password` is how backups and restores log in as a
 //! project's role (see `plan::pg`).
 
@@ -18,6 +22,7 @@ use std::fmt;
 use crate::exec::Remote;
 use crate::model::{Environment, ServerRole, StorageNames};
 use crate::ops::{redact, Ctx};
+use crate::plan::pg::harden_cluster;
 use crate::plan::storage::{
     self as plan, parse_redis_replies, redis_cli_session, RedisReply, StorageEndpoint,
 };
@@ -318,6 +323,45 @@ async fn check_leftovers(
     }
 }
 
+/// Revokes from PUBLIC every privilege on `postgres`, `template1` and
+/// codeb's state database (granting codeb's role CONNECT on its state
+/// database first), as the superuser in `postgres`; see
+/// `plan::pg::harden_cluster`. Idempotent and cheap when already done.
+pub async fn harden_storage_postgres(ctx: &Ctx) -> Result<(), StorageError> {
+    const STEP: &str = "revoke PUBLIC access to postgres, template1 and codeb's database";
+    let pool = ctx.db.pool().await.map_err(|e| step_error(STEP, e))?;
+    let (state_db, state_role): (String, String) =
+        sqlx::query_as("SELECT pg_catalog.current_database()::text, CURRENT_USER::text")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| step_error(STEP, e))?;
+    let cmd = harden_cluster(&ctx.config.storage, &state_db, &state_role)
+        .map_err(|e| step_error(STEP, e.0))?;
+    let out = storage_remote(ctx)?
+        .run(&cmd)
+        .await
+        .map_err(|e| step_error(STEP, e))?;
+    if !out.success() {
+        let stderr: Vec<String> = out
+            .stderr_tail()
+            .lines()
+            .filter(|l| !l.starts_with("could not change directory to"))
+            .map(str::to_string)
+            .collect();
+        return Err(step_error(
+            STEP,
+            format!(
+                "psql as {} exited with {:?}: {}; codeb runs it as root through runuser over \
+                 SSH (storage.pg_os_user, storage.pg_socket_dir)",
+                ctx.config.storage.pg_os_user,
+                out.status,
+                stderr.join("; ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The password codeb generated for the PostgreSQL role of (`project`,
 /// `environment`) and keeps as the protected `POSTGRES_PASSWORD`, checked
 /// to be that role's (`POSTGRES_USER`); registered for redaction. Backups
@@ -368,7 +412,10 @@ pub async fn provision_project_storage(
     };
     let started = std::time::Instant::now();
     let names = storage_names(project).map_err(no_revert)?;
-    let aclfile = check_leftovers(ctx, &names).await.map_err(no_revert)?;
+    let (hardened, leftovers) =
+        futures::join!(harden_storage_postgres(ctx), check_leftovers(ctx, &names));
+    hardened.map_err(no_revert)?;
+    let aclfile = leftovers.map_err(no_revert)?;
     tracing::debug!(
         project,
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -6,13 +6,15 @@
 //!
 //! - **Catalogue sessions** run as the PostgreSQL superuser
 //!   (`runuser -u postgres -- psql` over the unix socket, peer
-//!   authentication), and only in the maintenance database `postgres`.
-//!   They set `search_path = pg_catalog` through
+//!   authentication), and only in the maintenance database `postgres`,
+//!   which no project role may connect to (`harden_cluster` revokes
+//!   CONNECT, TEMPORARY and CREATE from PUBLIC there, on `template1` and on
+//!   codeb's state database). They set `search_path = pg_catalog` through
 //!   the connection's `options` and name every relation, function and
 //!   operator with its schema, so even an object someone managed to create
 //!   in `postgres` could not be picked instead of the built-in one. They
-//!   read the catalogue (a database's OID and owner); they never connect
-//!   to a project's database.
+//!   read the catalogue (a database's OID and owner) and apply the
+//!   hardening; they never connect to a project's database.
 //! - **Tenant sessions** — `pg_dump` for backup_create, the restore's
 //!   `psql`, the row counts — connect to the project's database *as the
 //!   project's own role*: its session user is that role, so whatever the
@@ -49,7 +51,8 @@ use crate::plan::cmd::RemoteCmd;
 use crate::plan::files::FILE_CMD_TIMEOUT;
 
 /// The database catalogue sessions connect to: it exists on every
-/// PostgreSQL server, and no project role owns it.
+/// PostgreSQL server, and after `harden_cluster` no project role can
+/// connect to it, let alone create anything in it.
 pub const MAINTENANCE_DATABASE: &str = "postgres";
 /// `options` of every session codeb opens: built-in names only. A role or
 /// database setting cannot override it (connection options come later).
@@ -68,8 +71,13 @@ pub const PASSFILE_MODE: u32 = 0o600;
 pub const PASSFILE_MAX_AGE_MINUTES: u32 = 240;
 /// Seconds a tenant session may take to connect.
 pub const TENANT_CONNECT_TIMEOUT_SECS: u32 = 10;
-/// Time limit of one catalogue query.
+/// Time limit of one catalogue query or the hardening.
 pub const CATALOG_TIMEOUT: Duration = Duration::from_secs(30);
+/// Advisory lock key (in `postgres`) serialising concurrent hardenings, so
+/// two codeb calls never update the same `pg_database` row at once
+/// ("tuple concurrently updated"). The ASCII of "codeb".
+pub const HARDEN_LOCK_KEY: i64 = 0x63_6f_64_65_62;
+
 /// A libpq connection string from (keyword, value) pairs, every value
 /// single-quoted with `\` and `'` escaped, so no value can add a keyword.
 pub fn conninfo(pairs: &[(&str, &str)]) -> String {
@@ -150,6 +158,85 @@ pub fn parse_database_identity(stdout: &str) -> Result<Option<(u32, String)>, St
     parsed
         .map(Some)
         .ok_or_else(|| format!("unexpected database identity {}", describe_input(line)))
+}
+
+/// The hardening `harden_cluster` runs, as psql input with the variables
+/// `state_db` and `state_role`. Under an advisory lock, for `postgres`,
+/// `template1` and codeb's state database (when it is in this cluster):
+/// if PUBLIC still holds any privilege on it, codeb's role is granted
+/// CONNECT on its state database (so revoking PUBLIC never locks codeb
+/// out), then everything is revoked from PUBLIC; and CREATE on `public` of
+/// `postgres` is revoked from PUBLIC (PostgreSQL before 15 granted it).
+/// A database that is already hardened is not written to.
+pub const HARDEN_SQL: &str = r#"BEGIN;
+SELECT pg_catalog.pg_advisory_xact_lock(:harden_lock);
+SELECT pg_catalog.set_config('codeb.state_db', :'state_db', true);
+SELECT pg_catalog.set_config('codeb.state_role', :'state_role', true);
+DO $codeb$
+DECLARE
+  state_db text := pg_catalog.current_setting('codeb.state_db');
+  state_role text := pg_catalog.current_setting('codeb.state_role');
+  db text;
+BEGIN
+  FOREACH db IN ARRAY ARRAY['postgres', 'template1', state_db] LOOP
+    CONTINUE WHEN NOT EXISTS (
+      SELECT FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) db);
+    IF pg_catalog.has_database_privilege('public', db, 'CONNECT')
+       OR pg_catalog.has_database_privilege('public', db, 'TEMPORARY')
+       OR pg_catalog.has_database_privilege('public', db, 'CREATE') THEN
+      IF db OPERATOR(pg_catalog.=) state_db THEN
+        EXECUTE pg_catalog.format('GRANT CONNECT ON DATABASE %I TO %I', db, state_role);
+      END IF;
+      EXECUTE pg_catalog.format('REVOKE ALL ON DATABASE %I FROM PUBLIC', db);
+    END IF;
+  END LOOP;
+  IF EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'public')
+     AND pg_catalog.has_schema_privilege('public', 'public', 'CREATE') THEN
+    REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+  END IF;
+END
+$codeb$;
+COMMIT;
+"#;
+
+fn check_state_name(what: &str, value: &str) -> Result<(), Invalid> {
+    if value.is_empty() || value.len() > 63 || value.chars().any(char::is_control) {
+        return Err(Invalid(format!(
+            "{what} {} is not a PostgreSQL name codeb can harden: 1 to 63 bytes, no control \
+             characters",
+            describe_input(value)
+        )));
+    }
+    Ok(())
+}
+
+/// Hardens the cluster (see `HARDEN_SQL`) as the superuser in the
+/// maintenance database: `runuser -u postgres -- psql --no-psqlrc
+/// --no-password --quiet --set=ON_ERROR_STOP=1 --set=harden_lock=KEY
+/// --set=state_db=DB --set=state_role=ROLE --dbname=CATALOG --file=-`
+/// with the SQL on stdin. psql quotes the variables (`:'x'`), and the
+/// names go into statements only through `format('%I')`. Idempotent.
+pub fn harden_cluster(
+    storage: &StorageConfig,
+    state_db: &str,
+    state_role: &str,
+) -> Result<RemoteCmd, Invalid> {
+    check_state_name("state database", state_db)?;
+    check_state_name("state role", state_role)?;
+    Ok(as_pg_user(storage, "psql")
+        .args([
+            "--no-psqlrc",
+            "--no-password",
+            "--quiet",
+            "--set=ON_ERROR_STOP=1",
+        ])
+        .arg(format!("--set=harden_lock={HARDEN_LOCK_KEY}"))
+        .arg(format!("--set=state_db={state_db}"))
+        .arg(format!("--set=state_role={state_role}"))
+        .arg(catalog_dbname(storage))
+        .arg("--file=-")
+        .stdin(HARDEN_SQL)
+        .timeout(CATALOG_TIMEOUT))
 }
 
 /// A login to a project's database as its own role, through the password
@@ -305,6 +392,38 @@ mod tests {
         assert_eq!(parse_database_identity("\n"), Ok(None));
         for bad in ["16384", "x|shop", "16384|", "psql: error"] {
             assert!(parse_database_identity(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hardening_is_one_locked_transaction_with_quoted_names() {
+        let s = StorageConfig::default();
+        let c = harden_cluster(&s, "codeb", "codeb").unwrap();
+        assert_eq!(
+            c.to_string(),
+            format!(
+                "runuser -u postgres -- psql --no-psqlrc --no-password --quiet \
+                 --set=ON_ERROR_STOP=1 --set=harden_lock={HARDEN_LOCK_KEY} --set=state_db=codeb \
+                 --set=state_role=codeb \"--dbname=host='/run/postgresql' port='5432' \
+                 dbname='postgres' options='-csearch_path=pg_catalog' \
+                 application_name='codeb'\" --file=-"
+            )
+        );
+        assert_eq!(c.stdin.as_deref(), Some(HARDEN_SQL.as_bytes()));
+        assert!(HARDEN_SQL.starts_with("BEGIN;\n") && HARDEN_SQL.ends_with("COMMIT;\n"));
+        for needle in [
+            "ARRAY['postgres', 'template1', state_db]",
+            "REVOKE ALL ON DATABASE %I FROM PUBLIC",
+            "GRANT CONNECT ON DATABASE %I TO %I",
+            "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
+        ] {
+            assert!(HARDEN_SQL.contains(needle), "{needle}");
+        }
+        // Any name is fine as a psql variable, except control characters.
+        assert!(harden_cluster(&s, "codeb-prod", "Codeb \"x\"").is_ok());
+        for bad in ["", "a\nb", &"x".repeat(64)] {
+            assert!(harden_cluster(&s, bad, "codeb").is_err(), "{bad:?}");
+            assert!(harden_cluster(&s, "codeb", bad).is_err(), "{bad:?}");
         }
     }
 
