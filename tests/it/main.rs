@@ -30,5 +30,6 @@ mod restore;
 mod schemas;
 mod secrets;
 mod storage;
+mod tenant_attacks;
 mod validators;
 mod zero_downtime;
