@@ -214,13 +214,21 @@ pub struct StorageConfig {
     /// `CODEB_REDIS_ADMIN_PASSWORD`. None: Redis has no admin password.
     #[serde(default)]
     pub redis_admin_password_file: Option<PathBuf>,
-    /// OS user on the storage server whose peer authentication runs
-    /// `pg_dump` (PostgreSQL's superuser account).
+    /// OS user on the storage server that runs PostgreSQL's client tools;
+    /// its peer authentication over the unix socket is the superuser that
+    /// reads the catalogue in the `postgres` database (PostgreSQL's
+    /// superuser account).
     #[serde(default = "default_pg_os_user")]
     pub pg_os_user: String,
     /// PostgreSQL's unix socket directory on the storage server.
     #[serde(default = "default_pg_socket_dir")]
     pub pg_socket_dir: String,
+    /// Address on the storage server where `pg_dump`, the restore and the
+    /// row counts log in to a project's database as the project's own role
+    /// (password authentication over TCP): pg_hba.conf must allow
+    /// scram-sha-256 logins from here. Default `127.0.0.1`.
+    #[serde(default = "default_tenant_pg_host")]
+    pub tenant_pg_host: String,
 }
 
 impl Default for StorageConfig {
@@ -232,6 +240,7 @@ impl Default for StorageConfig {
             redis_admin_password_file: None,
             pg_os_user: default_pg_os_user(),
             pg_socket_dir: default_pg_socket_dir(),
+            tenant_pg_host: default_tenant_pg_host(),
         }
     }
 }
@@ -247,6 +256,9 @@ fn default_pg_os_user() -> String {
 }
 fn default_pg_socket_dir() -> String {
     "/run/postgresql".into()
+}
+fn default_tenant_pg_host() -> String {
+    "127.0.0.1".into()
 }
 
 /// Where codeb's own secrets come from.
@@ -653,6 +665,10 @@ impl Config {
             if h.parse::<IpAddr>().is_err() {
                 validate_hostname(h).map_err(|e| ConfigError::new("storage.app_host", e))?;
             }
+        }
+        let h = &self.storage.tenant_pg_host;
+        if h.parse::<IpAddr>().is_err() {
+            validate_hostname(h).map_err(|e| ConfigError::new("storage.tenant_pg_host", e))?;
         }
         if self.storage.pg_os_user.is_empty()
             || self.storage.pg_os_user.starts_with('-')

@@ -1,6 +1,12 @@
 //! Database backups (DESIGN §1, §5): `pg_dump` of a project's database on
 //! the storage server, streamed through codeb to the backup server.
 //!
+//! `pg_dump` logs in as the project's own role (its stored password in a
+//! password file that lives only while the dump runs, see `plan::pg`), so
+//! nothing the tenant put into its database runs with more privileges than
+//! the tenant has; whether the database exists is read from the catalogue
+//! in `postgres`.
+//!
 //! codeb counts and hashes the dump while it streams, the backup server's
 //! `sha256sum` and `stat` of the written file must agree, and only then is
 //! the `.partial` file renamed to its final name and the record marked
@@ -20,9 +26,11 @@ use crate::exec::{ExecError, Remote};
 use crate::model::{Environment, ServerRole, StorageNames};
 use crate::ops::lifecycle::{Caller, Progress, ProgressTx, PROGRESS_HEARTBEAT};
 use crate::ops::redact::redact;
+use crate::ops::storage::project_role_password;
 use crate::ops::Ctx;
 use crate::plan::backup::{self as plan, BackupPaths};
 use crate::plan::cmd::RemoteCmd;
+use crate::plan::pg::{self, TenantLogin};
 use crate::state::backups as rows;
 use crate::state::DbError;
 
@@ -201,9 +209,19 @@ pub async fn backup_create(
     progress: ProgressTx,
 ) -> Result<BackupOutcome, BackupError> {
     let names = StorageNames::new(project, environment).map_err(|e| BackupError::Invalid(e.0))?;
-    let database = names.pg;
+    let database = names.pg.clone();
     let storage_cfg = &ctx.config.storage;
-    let dump_cmd = plan::pg_dump(storage_cfg, &database).map_err(|e| BackupError::Invalid(e.0))?;
+    let invalid = |e: crate::model::Invalid| BackupError::Invalid(e.0);
+    let login = TenantLogin::new(&names, Uuid::new_v4()).map_err(invalid)?;
+    let dump_cmd = plan::pg_dump(storage_cfg, &login);
+    let identity_cmd = pg::database_identity(storage_cfg, &database).map_err(invalid)?;
+    let passfile_cmds = |password: &str| {
+        Ok::<_, BackupError>([
+            pg::make_passfile_dir(storage_cfg),
+            pg::write_passfile(storage_cfg, &login, password).map_err(invalid)?,
+        ])
+    };
+    let remove_passfile_cmd = pg::remove_passfile(&login);
     let (storage_server, storage) = ctx
         .fleet
         .for_role(ServerRole::Storage)
@@ -223,7 +241,6 @@ pub async fn backup_create(
     let started_at = Utc::now();
     let paths = plan::backup_paths(project, environment, started_at, id)
         .map_err(|e| BackupError::Invalid(e.0))?;
-    let invalid = |e: crate::model::Invalid| BackupError::Invalid(e.0);
     let dirs_cmd = plan::make_backup_dirs(&paths).map_err(invalid)?;
     let write_cmd = plan::write_partial(&paths).map_err(invalid)?;
     let verify_cmds = [
@@ -232,14 +249,23 @@ pub async fn backup_create(
         plan::size_of(&paths.partial).map_err(invalid)?,
     ];
     let finish_cmd = plan::finish_file(&paths).map_err(invalid)?;
-    let list_cmd = plan::list_databases(storage_cfg);
 
     if dry_run {
+        let [dir_cmd, passfile_cmd] = passfile_cmds("(stored password)")?;
         let mut steps = vec![
-            format!("on {storage_server}: {list_cmd} (database {database} must exist)"),
+            format!("on {storage_server}: {identity_cmd} (database {database} must exist)"),
             format!("on {backup_server}: {dirs_cmd}"),
-            format!("stream on {storage_server}: {dump_cmd}"),
+            format!("on {storage_server}: {dir_cmd}"),
+            format!(
+                "on {storage_server}: {passfile_cmd} (role {}'s stored password on stdin)",
+                login.role
+            ),
+            format!(
+                "stream on {storage_server} as role {}: {dump_cmd}",
+                login.role
+            ),
             format!("  through codeb (size, SHA-256) into {backup_server}: {write_cmd}"),
+            format!("on {storage_server}: {remove_passfile_cmd}"),
         ];
         steps.extend(
             verify_cmds
@@ -281,10 +307,12 @@ pub async fn backup_create(
         step,
         message,
     };
-    let listing = run_ok(storage.as_ref(), &list_cmd)
+    let identity = run_ok(storage.as_ref(), &identity_cmd)
         .await
-        .map_err(|m| precheck("listing databases", m))?;
-    if !plan::database_listed(&listing, &database) {
+        .map_err(|m| precheck("reading the database catalogue", m))?;
+    let exists = pg::parse_database_identity(&identity)
+        .map_err(|m| precheck("reading the database catalogue", m))?;
+    if exists.is_none() {
         return Err(BackupError::NoDatabase {
             project: project.to_string(),
             environment,
@@ -292,6 +320,10 @@ pub async fn backup_create(
             server: storage_server,
         });
     }
+    let password = project_role_password(ctx, project_row.id, project, environment)
+        .await
+        .map_err(|m| precheck("finding the role's password", m))?;
+    let passfile_cmds = passfile_cmds(&password)?;
 
     rows::backup_insert(
         pool,
@@ -322,7 +354,16 @@ pub async fn backup_create(
             format!("dumping {database} from {storage_server} to {backup_server}"),
             true,
         );
-        let (size, sha256) = stream_dump(
+        for cmd in &passfile_cmds {
+            run_ok(storage.as_ref(), cmd)
+                .await
+                .map_err(|message| StepFailure {
+                    step: "writing the role's password file",
+                    message,
+                    advice: ADVICE_DUMP,
+                })?;
+        }
+        let dumped = stream_dump(
             storage.as_ref(),
             &dump_cmd,
             backup.as_ref(),
@@ -334,7 +375,18 @@ pub async fn backup_create(
                 )
             },
         )
-        .await?;
+        .await;
+        let removed = run_ok(storage.as_ref(), &remove_passfile_cmd).await;
+        if let (Err(_), Err(message)) = (&dumped, &removed) {
+            tracing::warn!(passfile = %login.passfile, error = %message,
+                "the backup's password file was not removed; remove it by hand");
+        }
+        let (size, sha256) = dumped?;
+        removed.map_err(|message| StepFailure {
+            step: "removing the role's password file",
+            message: format!("{message}; remove {} by hand", login.passfile),
+            advice: ADVICE_DUMP,
+        })?;
 
         report(
             format!(
@@ -604,8 +656,13 @@ mod tests {
             Uuid::nil(),
         )
         .unwrap();
+        let login = TenantLogin::new(
+            &StorageNames::new("shop", Environment::Production).unwrap(),
+            Uuid::nil(),
+        )
+        .unwrap();
         (
-            plan::pg_dump(&StorageConfig::default(), "shop_production").unwrap(),
+            plan::pg_dump(&StorageConfig::default(), &login),
             plan::write_partial(&paths).unwrap(),
         )
     }

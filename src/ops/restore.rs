@@ -11,6 +11,12 @@
 //! streamed bytes were exactly the recorded backup's and pg_restore
 //! succeeded. A failed restore changes nothing. Afterwards it reports the
 //! exact row count of every table.
+//!
+//! Nothing here runs in the project's database with more than the
+//! project's privileges: the plan reads the database's identity from the
+//! catalogue in `postgres`, and the restore and the row counts log in as
+//! the project's role with its stored password (`plan::pg`), whose
+//! password file exists only while they run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,9 +36,11 @@ use crate::ops::lifecycle::{
     begin_op, Caller, OpError, OpHandle, Progress, ProgressTx, PROGRESS_HEARTBEAT,
 };
 use crate::ops::redact::redact;
+use crate::ops::storage::project_role_password;
 use crate::ops::Ctx;
-use crate::plan::backup::{list_databases, parse_sha256sum, parse_size, sha256_of, size_of};
+use crate::plan::backup::{parse_sha256sum, parse_size, sha256_of, size_of};
 use crate::plan::cmd::RemoteCmd;
+use crate::plan::pg::{self, TenantLogin};
 use crate::plan::restore::{self as plan, RESTORE_COMMIT};
 use crate::state;
 
@@ -72,10 +80,13 @@ pub struct RestoreOutcome {
 
 /// Everything a restore needs, observed for its plan.
 struct Planned {
+    project_id: i64,
+    project: String,
     environment: Environment,
     path: String,
     size: u64,
     sha256: String,
+    names: StorageNames,
     database: String,
     role: String,
     plan: CriticalPlan,
@@ -134,41 +145,33 @@ async fn plan_typed(ctx: &Ctx, project: &str, backup_id: Uuid) -> Result<Planned
     plan::validate_backup_path(&b.path).map_err(|e| OpError::Refused(e.0))?;
     let names = StorageNames::new(project, environment).map_err(|e| OpError::Invalid(e.0))?;
     let database = names.pg.clone();
-    let role = names.pg;
+    let role = names.pg.clone();
     let (storage_name, storage) = server(ctx, ServerRole::Storage)?;
     let (backup_name, _) = server(ctx, ServerRole::Backup)?;
-    // The target as it is now: it must exist and belong to the project's role.
-    let listing = storage
-        .run(&list_databases(&ctx.config.storage))
-        .await
-        .map_err(|e| OpError::Refused(format!("listing the databases failed: {e}")))?;
-    if !listing.success() {
-        return Err(OpError::Refused(format!(
-            "listing the databases on {storage_name} failed: {}",
-            bounded(&listing.stderr_tail())
-        )));
-    }
-    plan::database_owner(&listing.stdout_text(), &database).ok_or_else(|| {
-        OpError::Refused(format!(
-            "database {database} of {project} {environment} does not exist on {storage_name}, \
-             so there is nothing to restore into; project_create provisions it"
-        ))
-    })?;
+    // The target as it is now, read from the catalogue in `postgres`: it
+    // must exist and belong to the project's role.
     let identity = storage
         .run(
-            &plan::database_identity(&ctx.config.storage, &database)
+            &pg::database_identity(&ctx.config.storage, &database)
                 .map_err(|e| OpError::Invalid(e.0))?,
         )
         .await
         .map_err(|e| OpError::Refused(format!("reading the identity of {database} failed: {e}")))?;
-    let (oid, owner) = identity
-        .success()
-        .then(|| plan::parse_database_identity(&identity.stdout_text()))
-        .flatten()
+    let unreadable = |why: String| {
+        OpError::Refused(format!(
+            "reading the identity of database {database} on {storage_name} failed: {why}"
+        ))
+    };
+    if !identity.success() {
+        return Err(unreadable(bounded(&identity.stderr_tail())));
+    }
+    let (oid, owner) = pg::parse_database_identity(&identity.stdout_text())
+        .map_err(unreadable)?
         .ok_or_else(|| {
             OpError::Refused(format!(
-                "reading the identity of database {database} on {storage_name} failed: {}",
-                bounded(&identity.stderr_tail())
+                "database {database} of {project} {environment} does not exist on \
+                 {storage_name}, so there is nothing to restore into; project_create \
+                 provisions it"
             ))
         })?;
     if owner != role {
@@ -200,10 +203,13 @@ async fn plan_typed(ctx: &Ctx, project: &str, backup_id: Uuid) -> Result<Planned
         human_bytes(size)
     );
     Ok(Planned {
+        project_id,
+        project: project.to_string(),
         environment,
         path: b.path,
         size,
         sha256,
+        names,
         database,
         role,
         plan: CriticalPlan {
@@ -410,26 +416,74 @@ async fn restore(
         )));
     }
 
-    // 2. The stream: cat → codeb (size, SHA-256) → pg_restore → codeb → psql.
+    // 2. A login as the project's role: its stored password into a
+    //    password file on the storage server, removed again at the end.
+    let password = project_role_password(ctx, p.project_id, &p.project, p.environment)
+        .await
+        .map_err(|m| Failure::Refused(format!("{m}; nothing was restored")))?;
+    let login = TenantLogin::new(&p.names, Uuid::new_v4()).map_err(invalid)?;
+    let passfile = [
+        ("passfile_dir", pg::make_passfile_dir(storage_cfg)),
+        (
+            "passfile",
+            pg::write_passfile(storage_cfg, &login, &password).map_err(invalid)?,
+        ),
+    ];
+    let as_role = async {
+        for (step, cmd) in &passfile {
+            op.run_ok_on(&storage, step, cmd)
+                .await
+                .map_err(|e| unchanged("passfile", e))?;
+        }
+        restore_as_role(op, p, progress, &backup, &storage, &login).await
+    }
+    .await;
+    if let Err(e) = op
+        .run_ok_on(&storage, "remove_passfile", &pg::remove_passfile(&login))
+        .await
+    {
+        tracing::warn!(
+            passfile = %login.passfile,
+            error = %e,
+            "the restore's password file was not removed; remove it by hand"
+        );
+    }
+    as_role
+}
+
+/// Streams the backup into the database and counts its rows, both logged
+/// in as the project's role through `login`.
+async fn restore_as_role(
+    op: &mut OpHandle<'_>,
+    p: &Planned,
+    progress: &ProgressTx,
+    backup: &Arc<dyn Remote>,
+    storage: &Arc<dyn Remote>,
+    login: &TenantLogin,
+) -> Result<(BTreeMap<String, i64>, String), Failure> {
+    let storage_cfg = &op.ctx().config.storage;
+    let invalid = |e: crate::model::Invalid| Failure::Refused(e.0);
+    // The stream: cat → codeb (size, SHA-256) → pg_restore → codeb → psql.
     op.phase(format!(
-        "restoring {} into {} on {}",
+        "restoring {} into {} on {} as role {}",
         human_bytes(p.size),
         p.database,
-        storage.name()
+        storage.name(),
+        login.role
     ));
     let cmds = StreamCmds {
         read: plan::read_backup_file(&p.path).map_err(invalid)?,
         convert: plan::pg_restore_to_sql(storage_cfg),
-        apply: plan::psql_apply(storage_cfg, &p.database).map_err(invalid)?,
+        apply: plan::psql_apply(storage_cfg, login),
         prelude: plan::restore_prelude(&p.role).map_err(invalid)?,
     };
-    let streamed = stream_restore(op, &backup, &storage, &cmds, p, progress).await?;
+    let streamed = stream_restore(op, backup, storage, &cmds, p, progress).await?;
 
     // 3. Exact row counts of the restored tables.
     op.phase(format!("counting the rows of {}", p.database));
     let counted = async {
-        let cmd = plan::row_counts(storage_cfg, &p.database).map_err(|e| e.0)?;
-        let out = op.run_ok_on(&storage, "row_counts", &cmd).await?;
+        let cmd = plan::row_counts(storage_cfg, login);
+        let out = op.run_ok_on(storage, "row_counts", &cmd).await?;
         plan::parse_row_counts(&out.stdout_text())
     }
     .await

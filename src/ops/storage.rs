@@ -9,12 +9,20 @@
 //! Nothing is left half-made: every object is recorded the moment it
 //! exists, and a failure drops exactly what this call created — never an
 //! object that was already there.
+//!
+//! Before anything is created, `harden_storage_postgres` makes sure no
+//! project role can connect to anything but its own database: CONNECT,
+//! TEMPORARY and CREATE are revoked from PUBLIC on `postgres`, `template1`
+//! and codeb's state database (`plan::pg::harden_cluster`, idempotent).
+//! `project_role_password` is how backups and restores log in as a
+//! project's role (see `plan::pg`).
 
 use std::fmt;
 
 use crate::exec::Remote;
 use crate::model::{Environment, ServerRole, StorageNames};
 use crate::ops::{redact, Ctx};
+use crate::plan::pg::harden_cluster;
 use crate::plan::storage::{
     self as plan, parse_redis_replies, redis_cli_session, RedisReply, StorageEndpoint,
 };
@@ -265,8 +273,8 @@ async fn check_leftovers(
     let mut found = Vec::new();
     for (_, n) in names {
         let (role, db): (bool, bool) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
-                    EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1)",
         )
         .bind(&n.pg)
         .fetch_one(pool)
@@ -316,6 +324,81 @@ async fn check_leftovers(
     }
 }
 
+/// Revokes from PUBLIC every privilege on `postgres`, `template1` and
+/// codeb's state database (granting codeb's role CONNECT on its state
+/// database first), as the superuser in `postgres`; see
+/// `plan::pg::harden_cluster`. Idempotent and cheap when already done.
+pub async fn harden_storage_postgres(ctx: &Ctx) -> Result<(), StorageError> {
+    const STEP: &str = "revoke PUBLIC access to postgres, template1 and codeb's database";
+    let pool = ctx.db.pool().await.map_err(|e| step_error(STEP, e))?;
+    let (state_db, state_role): (String, String) =
+        sqlx::query_as("SELECT pg_catalog.current_database()::text, CURRENT_USER::text")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| step_error(STEP, e))?;
+    let cmd = harden_cluster(&ctx.config.storage, &state_db, &state_role)
+        .map_err(|e| step_error(STEP, e.0))?;
+    let out = storage_remote(ctx)?
+        .run(&cmd)
+        .await
+        .map_err(|e| step_error(STEP, e))?;
+    if !out.success() {
+        let stderr: Vec<String> = out
+            .stderr_tail()
+            .lines()
+            .filter(|l| !l.starts_with("could not change directory to"))
+            .map(str::to_string)
+            .collect();
+        return Err(step_error(
+            STEP,
+            format!(
+                "psql as {} exited with {:?}: {}; codeb runs it as root through runuser over \
+                 SSH (storage.pg_os_user, storage.pg_socket_dir)",
+                ctx.config.storage.pg_os_user,
+                out.status,
+                stderr.join("; ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The password codeb generated for the PostgreSQL role of (`project`,
+/// `environment`) and keeps as the protected `POSTGRES_PASSWORD`, checked
+/// to be that role's (`POSTGRES_USER`); registered for redaction. Backups
+/// and restores log in with it as the project's role (see `plan::pg`).
+pub async fn project_role_password(
+    ctx: &Ctx,
+    project_id: i64,
+    project: &str,
+    environment: Environment,
+) -> Result<String, String> {
+    let names = StorageNames::new(project, environment).map_err(|e| e.0)?;
+    let missing = |what: &str| {
+        format!(
+            "{project} {environment} has {what}, so codeb cannot log in to database {} as its \
+             role (backups and restores run as the project's role, never as a superuser); \
+             project_create stores it",
+            names.pg
+        )
+    };
+    let rendered = crate::ops::env::latest_rendered(ctx, project_id, project, environment)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| missing("no env variables"))?;
+    if rendered.vars.get("POSTGRES_USER") != Some(&names.pg) {
+        return Err(missing(&format!("no POSTGRES_USER {}", names.pg)));
+    }
+    let password = rendered
+        .vars
+        .get("POSTGRES_PASSWORD")
+        .filter(|p| !p.is_empty())
+        .cloned()
+        .ok_or_else(|| missing("no POSTGRES_PASSWORD"))?;
+    redact::register(&password);
+    Ok(password)
+}
+
 /// Creates the project's storage for every environment: checks for
 /// leftovers first (changing nothing if any exist), then creates the
 /// PostgreSQL roles and databases and the Redis users. On failure,
@@ -330,7 +413,10 @@ pub async fn provision_project_storage(
     };
     let started = std::time::Instant::now();
     let names = storage_names(project).map_err(no_revert)?;
-    let aclfile = check_leftovers(ctx, &names).await.map_err(no_revert)?;
+    let (hardened, leftovers) =
+        futures::join!(harden_storage_postgres(ctx), check_leftovers(ctx, &names));
+    hardened.map_err(no_revert)?;
+    let aclfile = leftovers.map_err(no_revert)?;
     tracing::debug!(
         project,
         elapsed_ms = started.elapsed().as_millis() as u64,

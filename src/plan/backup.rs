@@ -16,6 +16,7 @@ use crate::config::StorageConfig;
 use crate::model::{Environment, Invalid, StorageNames};
 use crate::plan::cmd::RemoteCmd;
 use crate::plan::files::{remove_file, rename_file, validate_remote_path, FILE_CMD_TIMEOUT};
+use crate::plan::pg::{tenant_dbname, TenantLogin};
 
 /// Directory on the backup server holding every dump.
 pub const BACKUP_ROOT: &str = "/opt/codeb/backups";
@@ -29,8 +30,6 @@ pub const BACKUP_DIR_MODE: u32 = 0o700;
 pub const BACKUP_DUMP_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Time limit of reading a dump back for its checksum.
 pub const BACKUP_VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
-/// Time limit of listing the databases on the storage server.
-pub const DATABASE_LIST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where one backup is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,49 +86,25 @@ pub fn validate_database_name(name: &str) -> Result<(), Invalid> {
     }
 }
 
-/// `runuser -u USER --`: the storage server's PostgreSQL superuser account,
-/// which peer authentication admits over the unix socket (no password).
+/// `runuser -u USER --`: the OS account of the storage server's
+/// PostgreSQL (`storage.pg_os_user`), which runs PostgreSQL's client
+/// tools. Over the unix socket its peer authentication is the superuser,
+/// which only catalogue sessions in the maintenance database use (see
+/// `plan::pg`); tools that work inside a project's database log in as the
+/// project's role instead.
 pub(crate) fn as_pg_user(storage: &StorageConfig, program: &str) -> RemoteCmd {
     RemoteCmd::new("runuser").args(["-u", storage.pg_os_user.as_str(), "--", program])
 }
 
-/// Lists the databases of the storage server's PostgreSQL, one per line
-/// as `name|owner|...` (`psql --list`, unaligned, tuples only); read with
-/// `database_listed`. No SQL is built from input.
-pub fn list_databases(storage: &StorageConfig) -> RemoteCmd {
-    as_pg_user(storage, "psql")
-        .args([
-            "--no-psqlrc",
-            "--no-password",
-            "--list",
-            "--no-align",
-            "--tuples-only",
-        ])
-        .arg(format!("--host={}", storage.pg_socket_dir))
-        .arg(format!("--port={}", storage.postgres_port))
-        .timeout(DATABASE_LIST_TIMEOUT)
-}
-
-/// True when `psql --list` output (see `list_databases`) names `database`.
-pub fn database_listed(output: &str, database: &str) -> bool {
-    output
-        .lines()
-        .any(|l| l.split('|').next() == Some(database))
-}
-
-/// Dumps `database` in PostgreSQL's custom format to stdout:
-/// `runuser -u postgres -- pg_dump --format=custom --no-password
-/// --host=SOCKET_DIR --port=PORT -- DATABASE`. The database name is
-/// validated and comes after `--`.
-pub fn pg_dump(storage: &StorageConfig, database: &str) -> Result<RemoteCmd, Invalid> {
-    validate_database_name(database)?;
-    Ok(as_pg_user(storage, "pg_dump")
+/// Dumps the project's database in PostgreSQL's custom format to stdout,
+/// logged in as the project's own role (never a superuser, see
+/// `plan::pg`): `runuser -u postgres -- pg_dump --format=custom
+/// --no-password --dbname=TENANT`.
+pub fn pg_dump(storage: &StorageConfig, login: &TenantLogin) -> RemoteCmd {
+    as_pg_user(storage, "pg_dump")
         .args(["--format=custom", "--no-password"])
-        .arg(format!("--host={}", storage.pg_socket_dir))
-        .arg(format!("--port={}", storage.postgres_port))
-        .arg("--")
-        .arg(database)
-        .timeout(BACKUP_DUMP_TIMEOUT))
+        .arg(tenant_dbname(storage, login))
+        .timeout(BACKUP_DUMP_TIMEOUT)
 }
 
 /// Creates the project and environment directories with mode 0700, and
@@ -248,55 +223,29 @@ mod tests {
     }
 
     #[test]
-    fn golden_dump_and_list() {
+    fn golden_dump() {
         let storage = StorageConfig::default();
+        let login = TenantLogin::new(
+            &StorageNames::new("shop", Environment::Production).unwrap(),
+            Uuid::nil(),
+        )
+        .unwrap();
+        let dump = pg_dump(&storage, &login);
         assert_eq!(
-            pg_dump(&storage, "shop_production").unwrap().argv(),
+            dump.argv(),
             vec![
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                "pg_dump",
-                "--format=custom",
-                "--no-password",
-                "--host=/run/postgresql",
-                "--port=5432",
-                "--",
-                "shop_production"
+                "runuser".to_string(),
+                "-u".into(),
+                "postgres".into(),
+                "--".into(),
+                "pg_dump".into(),
+                "--format=custom".into(),
+                "--no-password".into(),
+                tenant_dbname(&storage, &login),
             ]
         );
-        assert_eq!(
-            pg_dump(&storage, "x").unwrap().timeout,
-            Some(BACKUP_DUMP_TIMEOUT)
-        );
-        for bad in ["", "-d", "shop-production", "Shop", "a;b", "_x"] {
-            assert!(pg_dump(&storage, bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(
-            list_databases(&storage).argv(),
-            vec![
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                "psql",
-                "--no-psqlrc",
-                "--no-password",
-                "--list",
-                "--no-align",
-                "--tuples-only",
-                "--host=/run/postgresql",
-                "--port=5432"
-            ]
-        );
-        let listing = "codeb|codeb|UTF8|C.UTF-8|C.UTF-8||libc|\n\
-                       postgres|postgres|UTF8|C.UTF-8|C.UTF-8||libc|\n\
-                       shop_production|codeb|UTF8|C.UTF-8|C.UTF-8||libc|=Tc/codeb\n\
-                       codeb=CTc/codeb\n";
-        assert!(database_listed(listing, "shop_production"));
-        assert!(!database_listed(listing, "shop_staging"));
-        assert!(!database_listed(listing, "shop"));
+        assert!(dump.argv()[7].contains("user='shop_production'"));
+        assert_eq!(dump.timeout, Some(BACKUP_DUMP_TIMEOUT));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod envvars;
 pub mod files;
 pub mod health;
 pub mod names;
+pub mod pg;
 pub mod podman;
 pub mod policy;
 pub mod project_delete;

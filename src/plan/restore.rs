@@ -7,11 +7,16 @@
 //! 2. `pg_restore --file=-` on the storage server, which turns the
 //!    custom-format archive into SQL without connecting anywhere,
 //! 3. `psql` on the storage server, connected to the project's own
-//!    database only, reading `restore_prelude` and then that SQL.
+//!    database only and logged in *as the project's role* (see
+//!    `plan::pg`: never a superuser, never `SET ROLE`), reading
+//!    `restore_prelude` and then that SQL.
 //!
-//! The prelude opens a transaction, empties the database (every schema
-//! dropped, `public` recreated as a fresh database has it) and switches to
-//! the project's role, so every restored object is owned by it. codeb
+//! The prelude refuses to go on unless the session is the project's role
+//! and no superuser, opens a transaction and empties the database (every
+//! schema dropped, `public` recreated as a fresh database has it); every
+//! restored object is owned by the role. Whatever the restored data runs —
+//! a CHECK constraint, a default, a trigger, even `RESET ROLE` — runs with
+//! the role's own privileges and nothing more. codeb
 //! sends `COMMIT` only once the stream was complete and matched the
 //! recorded size and SHA-256 and `pg_restore` succeeded; any failure, or a
 //! stream that just ends, leaves the transaction open when psql reaches
@@ -20,12 +25,13 @@
 //! tables created since then are gone too.
 
 use crate::plan::backup::as_pg_user;
+use crate::plan::pg::{tenant_dbname, TenantLogin};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::config::StorageConfig;
 use crate::model::{describe_input, Invalid};
-use crate::plan::backup::{validate_database_name, BACKUP_DUMP_TIMEOUT, BACKUP_ROOT};
+use crate::plan::backup::{BACKUP_DUMP_TIMEOUT, BACKUP_ROOT};
 use crate::plan::cmd::RemoteCmd;
 use crate::plan::files::validate_remote_path;
 use crate::plan::storage::pg_ident;
@@ -37,30 +43,6 @@ pub const RESTORE_LOCK_TIMEOUT_SECS: u32 = 60;
 pub const ROW_COUNT_TIMEOUT: Duration = Duration::from_secs(600);
 /// What codeb sends after the restore SQL once everything checked out.
 pub const RESTORE_COMMIT: &str = "\nCOMMIT;\n";
-
-/// `runuser -u postgres -- psql --no-psqlrc --no-password --tuples-only
-/// --no-align --host=SOCKET --port=PORT --dbname=DATABASE --command=SQL`:
-/// one constant query in the project's database, unaligned output.
-fn psql_query(
-    storage: &StorageConfig,
-    database: &str,
-    sql: &str,
-    timeout: Duration,
-) -> Result<RemoteCmd, Invalid> {
-    validate_database_name(database)?;
-    Ok(as_pg_user(storage, "psql")
-        .args([
-            "--no-psqlrc",
-            "--no-password",
-            "--tuples-only",
-            "--no-align",
-        ])
-        .arg(format!("--host={}", storage.pg_socket_dir))
-        .arg(format!("--port={}", storage.postgres_port))
-        .arg(format!("--dbname={database}"))
-        .arg(format!("--command={sql}"))
-        .timeout(timeout))
-}
 
 /// Checks a recorded backup path: a `.dump` file under `BACKUP_ROOT`.
 pub fn validate_backup_path(path: &str) -> Result<(), Invalid> {
@@ -101,14 +83,13 @@ pub fn pg_restore_to_sql(storage: &StorageConfig) -> RemoteCmd {
         .timeout(BACKUP_DUMP_TIMEOUT)
 }
 
-/// Runs the SQL on stdin in `database` and stops at the first error:
-/// `runuser -u postgres -- psql --no-psqlrc --no-password --quiet
-/// --set=ON_ERROR_STOP=1 --output=/dev/null --host=SOCKET --port=PORT
-/// --dbname=DATABASE --file=-`. Without an explicit `COMMIT` in its input
+/// Runs the SQL on stdin in the project's database, logged in as its role,
+/// and stops at the first error: `runuser -u postgres -- psql --no-psqlrc
+/// --no-password --quiet --set=ON_ERROR_STOP=1 --output=/dev/null
+/// --dbname=TENANT --file=-`. Without an explicit `COMMIT` in its input
 /// nothing it did survives (see `restore_prelude`).
-pub fn psql_apply(storage: &StorageConfig, database: &str) -> Result<RemoteCmd, Invalid> {
-    validate_database_name(database)?;
-    Ok(as_pg_user(storage, "psql")
+pub fn psql_apply(storage: &StorageConfig, login: &TenantLogin) -> RemoteCmd {
+    as_pg_user(storage, "psql")
         .args([
             "--no-psqlrc",
             "--no-password",
@@ -116,23 +97,32 @@ pub fn psql_apply(storage: &StorageConfig, database: &str) -> Result<RemoteCmd, 
             "--set=ON_ERROR_STOP=1",
             "--output=/dev/null",
         ])
-        .arg(format!("--host={}", storage.pg_socket_dir))
-        .arg(format!("--port={}", storage.postgres_port))
-        .arg(format!("--dbname={database}"))
+        .arg(tenant_dbname(storage, login))
         .arg("--file=-")
-        .timeout(BACKUP_DUMP_TIMEOUT))
+        .timeout(BACKUP_DUMP_TIMEOUT)
 }
 
-/// The SQL psql reads before the restore: a transaction that empties the
-/// database (as the superuser) and then acts as `role`. `public` is made
-/// again as PostgreSQL 15 makes it (owned by `pg_database_owner`, usable
-/// by everyone), so the database owner may create in it.
+/// The SQL psql reads before the restore: a transaction that first makes
+/// sure the session is `role` itself and no superuser (the restore never
+/// runs with more than the project's privileges), then empties the
+/// database. `public` is made again as PostgreSQL 15 makes it (owned by
+/// `pg_database_owner`, usable by everyone), so the database owner may
+/// create in it.
 pub fn restore_prelude(role: &str) -> Result<String, Invalid> {
-    let role = pg_ident(role).map_err(|e| Invalid(e.to_string()))?;
+    // Validated [a-z0-9_]: safe inside a literal.
+    pg_ident(role).map_err(|e| Invalid(e.to_string()))?;
     Ok(format!(
         "BEGIN;\n\
          SET LOCAL lock_timeout = '{RESTORE_LOCK_TIMEOUT_SECS}s';\n\
          SET client_min_messages = warning;\n\
+         DO $codeb$\n\
+         BEGIN\n\
+         \x20 IF pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.<>) 'off'\n\
+         \x20    OR SESSION_USER OPERATOR(pg_catalog.<>) '{role}' THEN\n\
+         \x20   RAISE EXCEPTION 'codeb restores only as role {role} itself, not as %', SESSION_USER;\n\
+         \x20 END IF;\n\
+         END\n\
+         $codeb$;\n\
          DO $codeb$\n\
          DECLARE s text;\n\
          BEGIN\n\
@@ -145,27 +135,38 @@ pub fn restore_prelude(role: &str) -> Result<String, Invalid> {
          $codeb$;\n\
          CREATE SCHEMA public AUTHORIZATION pg_database_owner;\n\
          COMMENT ON SCHEMA public IS 'standard public schema';\n\
-         GRANT USAGE ON SCHEMA public TO PUBLIC;\n\
-         SET ROLE {role};\n"
+         GRANT USAGE ON SCHEMA public TO PUBLIC;\n"
     ))
 }
 
 /// The query counting the rows of every user table (ordinary and
 /// partitioned) exactly, as one JSON array of `[schema, table, rows]`:
 /// `query_to_xml` runs one `count(*)` per table, the identifiers quoted by
-/// `format('%I')`. A constant: nothing from input is in it.
-pub const ROW_COUNT_SQL: &str = "SELECT coalesce(json_agg(json_build_array(n.nspname, c.relname, \
-(xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), \
-false, true, '')))[1]::text::bigint) ORDER BY n.nspname, c.relname), '[]') \
+/// `format('%I')`. A constant: nothing from input is in it. It runs as the
+/// project's role with `search_path = pg_catalog` (see `row_counts`), and
+/// its functions are qualified all the same.
+pub const ROW_COUNT_SQL: &str = "SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(n.nspname, c.relname, \
+(pg_catalog.xpath('/row/n/text()', pg_catalog.query_to_xml(pg_catalog.format('SELECT pg_catalog.count(*) AS n FROM %I.%I', \
+n.nspname, c.relname), false, true, '')))[1]::text::bigint) ORDER BY n.nspname, c.relname), '[]') \
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
 WHERE c.relkind IN ('r', 'p') AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'";
 
-/// Counts the rows of every user table of `database`:
-/// `runuser -u postgres -- psql --no-psqlrc --no-password --tuples-only
-/// --no-align --host=SOCKET --port=PORT --dbname=DATABASE --command=SQL`;
-/// read with `parse_row_counts`.
-pub fn row_counts(storage: &StorageConfig, database: &str) -> Result<RemoteCmd, Invalid> {
-    psql_query(storage, database, ROW_COUNT_SQL, ROW_COUNT_TIMEOUT)
+/// Counts the rows of every user table of the project's database, logged
+/// in as its role: `runuser -u postgres -- psql --no-psqlrc --no-password
+/// --tuples-only --no-align --set=ON_ERROR_STOP=1 --dbname=TENANT
+/// --command=SQL`; read with `parse_row_counts`.
+pub fn row_counts(storage: &StorageConfig, login: &TenantLogin) -> RemoteCmd {
+    as_pg_user(storage, "psql")
+        .args([
+            "--no-psqlrc",
+            "--no-password",
+            "--tuples-only",
+            "--no-align",
+            "--set=ON_ERROR_STOP=1",
+        ])
+        .arg(tenant_dbname(storage, login))
+        .arg(format!("--command={ROW_COUNT_SQL}"))
+        .timeout(ROW_COUNT_TIMEOUT)
 }
 
 /// `schema.table → rows` from `row_counts` output.
@@ -178,48 +179,10 @@ pub fn parse_row_counts(stdout: &str) -> Result<BTreeMap<String, i64>, String> {
         .collect())
 }
 
-/// The identity of the database psql connects to: its OID and owner, as
-/// `OID|OWNER`. A database dropped and made again under the same name has
-/// another OID. A constant: nothing from input is in it.
-pub const DATABASE_IDENTITY_SQL: &str =
-    "SELECT d.oid::text || '|' || pg_catalog.pg_get_userbyid(d.datdba) \
-FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database()";
-
-/// Reads the identity of `database`: `runuser -u postgres -- psql
-/// --no-psqlrc --no-password --tuples-only --no-align --host=SOCKET
-/// --port=PORT --dbname=DATABASE --command=SQL`; read with
-/// `parse_database_identity`.
-pub fn database_identity(storage: &StorageConfig, database: &str) -> Result<RemoteCmd, Invalid> {
-    psql_query(
-        storage,
-        database,
-        DATABASE_IDENTITY_SQL,
-        crate::plan::backup::DATABASE_LIST_TIMEOUT,
-    )
-}
-
-/// (OID, owner) from `database_identity` output.
-pub fn parse_database_identity(stdout: &str) -> Option<(u32, String)> {
-    let (oid, owner) = stdout.trim().split_once('|')?;
-    let owner = owner.trim();
-    (!owner.is_empty()).then_some(())?;
-    Some((oid.trim().parse().ok()?, owner.to_string()))
-}
-
-/// The owner of `database` in `psql --list` output (`name|owner|...`,
-/// see `plan::backup::list_databases`), if it is listed.
-pub fn database_owner(listing: &str, database: &str) -> Option<String> {
-    listing.lines().find_map(|l| {
-        let mut fields = l.split('|');
-        (fields.next() == Some(database))
-            .then(|| fields.next().map(str::to_string))
-            .flatten()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Environment, StorageNames};
 
     #[test]
     fn golden_commands() {
@@ -246,8 +209,15 @@ mod tests {
                 "--file=-"
             ]
         );
+        let login = TenantLogin::new(
+            &StorageNames::new("shop", Environment::Production).unwrap(),
+            uuid::Uuid::nil(),
+        )
+        .unwrap();
+        let tenant = tenant_dbname(&s, &login);
+        assert!(tenant.contains("user='shop_production'"), "{tenant}");
         assert_eq!(
-            psql_apply(&s, "shop_production").unwrap().argv(),
+            psql_apply(&s, &login).argv(),
             vec![
                 "runuser",
                 "-u",
@@ -259,29 +229,24 @@ mod tests {
                 "--quiet",
                 "--set=ON_ERROR_STOP=1",
                 "--output=/dev/null",
-                "--host=/run/postgresql",
-                "--port=5432",
-                "--dbname=shop_production",
+                tenant.as_str(),
                 "--file=-"
             ]
         );
-        let counts = row_counts(&s, "shop_production").unwrap().argv();
+        let counts = row_counts(&s, &login).argv();
         assert_eq!(
-            counts[4..9],
+            counts[4..10],
             [
                 "psql",
                 "--no-psqlrc",
                 "--no-password",
                 "--tuples-only",
-                "--no-align"
+                "--no-align",
+                "--set=ON_ERROR_STOP=1"
             ]
         );
-        assert_eq!(counts[11], "--dbname=shop_production");
-        assert_eq!(counts[12], format!("--command={ROW_COUNT_SQL}"));
-        for bad in ["", "-d", "a=b", "x y", "shop-production", "Shop"] {
-            assert!(psql_apply(&s, bad).is_err(), "{bad:?}");
-            assert!(row_counts(&s, bad).is_err(), "{bad:?}");
-        }
+        assert_eq!(counts[10], tenant);
+        assert_eq!(counts[11], format!("--command={ROW_COUNT_SQL}"));
         for bad in [
             "/etc/passwd",
             "/opt/codeb/backups/../x.dump",
@@ -294,46 +259,38 @@ mod tests {
     }
 
     #[test]
-    fn prelude_opens_a_transaction_and_acts_as_the_role() {
+    fn prelude_opens_a_transaction_and_refuses_any_other_session_user() {
         let p = restore_prelude("shop_production").unwrap();
         assert!(p.starts_with("BEGIN;\n"), "{p}");
-        assert!(p.ends_with("SET ROLE \"shop_production\";\n"), "{p}");
+        assert!(!p.contains("SET ROLE"), "{p}");
         assert!(!p.contains("COMMIT"), "{p}");
+        assert!(
+            p.contains(
+                "  IF pg_catalog.current_setting('is_superuser') OPERATOR(pg_catalog.<>) 'off'\n\
+                 \x20    OR SESSION_USER OPERATOR(pg_catalog.<>) 'shop_production' THEN\n\
+                 \x20   RAISE EXCEPTION"
+            ),
+            "{p}"
+        );
         assert!(p.contains("NOT LIKE 'pg\\_%'"), "{p}");
-        assert!(p.contains("CREATE SCHEMA public AUTHORIZATION pg_database_owner;"));
-        for bad in ["", "x\"; DROP ROLE codeb; --", "Shop", "a-b"] {
+        assert!(p.ends_with(
+            "CREATE SCHEMA public AUTHORIZATION pg_database_owner;\n\
+             COMMENT ON SCHEMA public IS 'standard public schema';\n\
+             GRANT USAGE ON SCHEMA public TO PUBLIC;\n"
+        ));
+        for bad in ["", "x\"; DROP ROLE codeb; --", "x'y", "Shop", "a-b"] {
             assert!(restore_prelude(bad).is_err(), "{bad:?}");
         }
         assert_eq!(RESTORE_COMMIT.trim(), "COMMIT;");
     }
 
     #[test]
-    fn parses_counts_and_owners() {
+    fn parses_counts() {
         let out = "[[\"other\", \"x\", 0], [\"public\", \"items\", 50000]]\n";
         let m = parse_row_counts(out).unwrap();
         assert_eq!(m["public.items"], 50000);
         assert_eq!(m["other.x"], 0);
         assert_eq!(parse_row_counts("[]\n").unwrap().len(), 0);
         assert!(parse_row_counts("ERROR").is_err());
-        let listing = "codeb|codeb|UTF8|C.UTF-8|C.UTF-8||libc|\n\
-                       shop_production|shop_production|UTF8|C.UTF-8|C.UTF-8||libc|=Tc/x\n";
-        assert_eq!(
-            database_owner(listing, "shop_production").as_deref(),
-            Some("shop_production")
-        );
-        assert_eq!(database_owner(listing, "shop"), None);
-        assert_eq!(
-            parse_database_identity("16384|shop_production\n"),
-            Some((16384, "shop_production".to_string()))
-        );
-        for bad in ["", "16384", "x|shop", "16384|", "psql: error"] {
-            assert_eq!(parse_database_identity(bad), None, "{bad:?}");
-        }
-        let id = database_identity(&StorageConfig::default(), "shop_production")
-            .unwrap()
-            .argv();
-        assert_eq!(id[11], "--dbname=shop_production");
-        assert_eq!(id[12], format!("--command={DATABASE_IDENTITY_SQL}"));
-        assert!(database_identity(&StorageConfig::default(), "-x").is_err());
     }
 }

@@ -1,5 +1,9 @@
 //! PostgreSQL access through sqlx: connection, embedded migrations and one
 //! file per noun. No business rules here.
+//!
+//! On first connection, after the migrations, PUBLIC loses every privilege
+//! on the state database (`harden_state_database`): project roles live in
+//! the same cluster and must not even connect to it (DESIGN §6).
 
 pub mod api_keys;
 pub mod approvals;
@@ -151,6 +155,7 @@ impl Db {
                     .run(&pool)
                     .await
                     .map_err(|e| DbError::Migrate(e.to_string()))?;
+                harden_state_database(&pool).await;
                 Ok(pool)
             })
             .await
@@ -171,6 +176,52 @@ impl Db {
         let pool = self.pool().await?;
         sqlx::query("SELECT 1").execute(pool).await?;
         Ok(started.elapsed())
+    }
+}
+
+/// True while PUBLIC (every role, project roles included) holds any
+/// privilege on the current database.
+const PUBLIC_HAS_ACCESS_SQL: &str = "SELECT \
+    pg_catalog.has_database_privilege('public', pg_catalog.current_database(), 'CONNECT') \
+    OR pg_catalog.has_database_privilege('public', pg_catalog.current_database(), 'TEMPORARY') \
+    OR pg_catalog.has_database_privilege('public', pg_catalog.current_database(), 'CREATE')";
+
+/// Revokes every privilege PUBLIC holds on the state database, unless
+/// that is already done (so codeb processes starting together do not
+/// update the same catalogue row). Only its owner or a superuser can:
+/// for anyone else PostgreSQL changes nothing and only warns, so codeb can
+/// never lock itself out this way; it then says in its log what an
+/// administrator should run. `project_create` does the same as the
+/// storage server's superuser (`plan::pg::harden_cluster`).
+pub async fn harden_state_database(pool: &PgPool) {
+    let open = || sqlx::query_scalar::<_, bool>(PUBLIC_HAS_ACCESS_SQL).fetch_one(pool);
+    match open().await {
+        Ok(false) => return,
+        Ok(true) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check PUBLIC's access to the state database");
+            return;
+        }
+    }
+    let revoked = sqlx::raw_sql(
+        "DO $codeb$ BEGIN EXECUTE pg_catalog.format('REVOKE ALL ON DATABASE %I FROM PUBLIC', \
+         pg_catalog.current_database()); END $codeb$",
+    )
+    .execute(pool)
+    .await;
+    // A concurrent start may have done it (or collided with this one).
+    if let Ok(true) = open().await {
+        let db: String = sqlx::query_scalar("SELECT pg_catalog.current_database()::text")
+            .fetch_one(pool)
+            .await
+            .unwrap_or_default();
+        tracing::warn!(
+            database = %db,
+            error = ?revoked.err().map(|e| e.to_string()),
+            "every role, project roles included, may still connect to codeb's state database: \
+             as its owner or a superuser run REVOKE ALL ON DATABASE {db:?} FROM PUBLIC \
+             (project_create does it when it can run psql as the storage server's superuser)"
+        );
     }
 }
 

@@ -124,7 +124,10 @@ async fn backup_create_streams_a_verified_dump_that_restores() {
     let restored = format!("{db}_restored");
     create_database(&mut admin, &db).await;
     {
+        // As the application makes it: owned by the project's role (the
+        // backup logs in as that role, never as a superuser).
         let mut c = connect(&db).await;
+        c.execute(format!("SET ROLE {db}").as_str()).await.unwrap();
         c.execute("CREATE TABLE items (id BIGINT PRIMARY KEY, body TEXT NOT NULL)")
             .await
             .unwrap();

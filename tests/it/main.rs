@@ -34,5 +34,6 @@ mod schemas;
 mod secrets;
 mod ssh_control;
 mod storage;
+mod tenant_attacks;
 mod validators;
 mod zero_downtime;
