@@ -167,17 +167,6 @@ fn init_tracing(json: bool) {
     }
 }
 
-/// Registers the secrets of every project's env versions in use for
-/// redaction (ops::redact), so container output shown by `logs` after a
-/// restart is scrubbed; a failure is logged, and `logs` registers a
-/// project's latest version itself before showing anything.
-async fn register_stored_secrets(ctx: &Ctx) {
-    match crate::ops::env::register_stored(ctx).await {
-        Ok(n) => tracing::info!(versions = n, "env secrets registered for redaction"),
-        Err(e) => tracing::warn!(error = %e, "env secrets not registered for redaction at start"),
-    }
-}
-
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     let ctx = Arc::new(Ctx::new(config));
     let cancel = CancellationToken::new();
@@ -205,11 +194,6 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 server = server.with_stdio_key(key.trim().to_string(), caller);
             }
             let server = server.serve(rmcp::transport::stdio()).await?;
-            // Initialized: now the database may be used.
-            tokio::spawn({
-                let ctx = ctx.clone();
-                async move { register_stored_secrets(&ctx).await }
-            });
             tokio::select! {
                 r = server.waiting() => { r?; }
                 _ = cancel.cancelled() => {}
@@ -228,7 +212,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             crate::ops::env::check_master_key(&ctx)
                 .await
                 .map_err(anyhow::Error::msg)?;
-            register_stored_secrets(&ctx).await;
+            crate::ops::env::register_stored_once(&ctx).await;
             crate::mcp::http::serve(ctx.clone(), addr, cancel.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }

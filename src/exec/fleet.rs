@@ -14,8 +14,10 @@ use crate::model::ServerRole;
 #[derive(Clone)]
 pub struct Fleet {
     servers: Arc<Vec<(ServerConfig, Arc<dyn Remote>)>>,
-    /// The private SSH control directory this fleet made, if any.
-    control_dir: Option<Arc<PathBuf>>,
+    /// The private SSH control directory this fleet made, if any; removed
+    /// when the last clone of the fleet is dropped (held only for that).
+    #[allow(dead_code)]
+    control_dir: Option<Arc<ControlDir>>,
 }
 
 impl Fleet {
@@ -45,7 +47,7 @@ impl Fleet {
             .collect();
         Self {
             servers: Arc::new(servers),
-            control_dir: control_dir.map(Arc::new),
+            control_dir: control_dir.map(|d| Arc::new(ControlDir(d))),
         }
     }
 
@@ -72,9 +74,6 @@ impl Fleet {
         for (_, r) in self.servers.iter() {
             r.close().await;
         }
-        if let Some(dir) = &self.control_dir {
-            let _ = std::fs::remove_dir_all(dir.as_path());
-        }
     }
 }
 
@@ -83,7 +82,7 @@ impl Fleet {
 /// else the system temp dir. Whoever can write to the control directory
 /// can stand in for a server's control socket, so no existing directory is
 /// trusted — not even one of the same name left by a run before. It is
-/// removed when the fleet closes.
+/// removed when the fleet is dropped.
 fn control_directory() -> PathBuf {
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
@@ -110,6 +109,16 @@ fn control_directory() -> PathBuf {
     // nothing is ever placed in a directory codeb did not make.
     tracing::error!(base = %base.display(), error = ?last_error, "cannot create a private SSH control directory");
     base.join("codeb-ssh-unavailable")
+}
+
+/// The fleet's own SSH control directory: it outlives `close` (a closed
+/// fleet reconnects on the next command) and goes with the fleet.
+struct ControlDir(PathBuf);
+
+impl Drop for ControlDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Fresh names tried for the control directory before giving up.

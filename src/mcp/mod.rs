@@ -477,6 +477,9 @@ impl ServerHandler for CodebServer {
         let audit =
             audit_query::CallAudit::begin(&self.ctx.audit, audit_caller, &request, &context);
         // Access control (DESIGN §6): role, then team of the project or handle.
+        // Secrets stored before this process started are masked from the
+        // first call on (stdio registers them here, not at start-up).
+        crate::ops::env::register_stored_once(&self.ctx).await;
         let mut denied = false;
         let mut result = match self.authorize_call(&request, &context).await {
             Err(refusal) => {

@@ -276,6 +276,23 @@ pub async fn ensure_registered(
     Ok(())
 }
 
+/// `register_stored` once per process, the first time it is needed: at
+/// start for HTTP, before the first tool call over stdio (which opens no
+/// connection before a tool needs one). A failure is logged and not
+/// retried: `logs` registers a project's latest version itself.
+pub async fn register_stored_once(ctx: &Ctx) {
+    ctx.stored_secrets_registered
+        .get_or_init(|| async {
+            match register_stored(ctx).await {
+                Ok(n) => tracing::info!(versions = n, "env secrets registered for redaction"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "env secrets not registered for redaction at start")
+                }
+            }
+        })
+        .await;
+}
+
 /// Registers, at start-up, the values of every live project's current env
 /// versions and of the versions its slots run, so container output
 /// (`logs`) is redacted after a restart too. Returns how many versions

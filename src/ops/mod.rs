@@ -50,6 +50,9 @@ pub struct Ctx {
     pub env_key: Option<Arc<env::EnvKey>>,
     /// The audit log of tool calls (one writer per process).
     pub audit: audit::AuditLog,
+    /// Set once the stored env secrets were registered for redaction
+    /// (`env::register_stored_once`).
+    pub stored_secrets_registered: tokio::sync::OnceCell<()>,
 }
 
 impl Ctx {
@@ -94,6 +97,7 @@ impl Ctx {
             pdns: pdns::PdnsCache::default(),
             app_network_ready: std::sync::atomic::AtomicBool::new(false),
             env_key,
+            stored_secrets_registered: tokio::sync::OnceCell::new(),
         }
     }
 

@@ -410,14 +410,24 @@ impl FreshStateDb {
     }
 
     /// Drops the database (closing its sessions).
+    /// PostgreSQL 15 refuses `WITH (FORCE)` to a non-superuser while an
+    /// autovacuum worker (a process of no role) is in the database; that
+    /// worker leaves on its own, so the drop is tried again a few times.
     pub async fn drop(&self) {
-        sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.name
-        ))
-        .execute(&self.maintenance)
-        .await
-        .expect("drop the fresh state database");
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        let mut attempts = 0;
+        loop {
+            match sqlx::raw_sql(&sql).execute(&self.maintenance).await {
+                Ok(_) => return,
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("42501") && attempts < 40 =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("drop the fresh state database: {e}"),
+            }
+        }
     }
 }
 
