@@ -107,6 +107,7 @@ pub fn generate_key(team: &str, role: Role) -> Result<String, getrandom::Error> 
 pub fn caller_of(row: &api_keys::ApiKeyRow) -> Option<Caller> {
     Some(Caller {
         principal: format!("key:{}", row.id),
+        holder: row.principal.clone(),
         team: row.team_id.clone(),
         role: Role::parse(&row.role)?,
         key_id: Some(row.id),

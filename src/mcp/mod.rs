@@ -214,6 +214,7 @@ impl CodebServer {
             .or_else(|| self.default_caller.as_deref().cloned())
             .unwrap_or_else(|| Caller {
                 principal: "unauthenticated".into(),
+                holder: "unauthenticated".into(),
                 team: String::new(),
                 role: crate::model::Role::Viewer,
                 key_id: None,
@@ -448,6 +449,7 @@ impl ServerHandler for CodebServer {
         // request path.
         let audit_caller = self.request_caller(&context).unwrap_or_else(|| Caller {
             principal: "unauthenticated".into(),
+            holder: "unauthenticated".into(),
             team: String::new(),
             role: crate::model::Role::Viewer,
             key_id: None,
