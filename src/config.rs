@@ -104,6 +104,11 @@ pub struct AuthConfig {
     /// in seconds (input-required confirmations have their own 10 minutes).
     #[serde(default = "default_approval_ttl_secs")]
     pub approval_ttl_secs: u64,
+    /// Database lookups per minute of API keys this server never verified
+    /// (burst of the same size): a flood of guessed keys gets 429 once
+    /// they are spent, while keys verified before keep working.
+    #[serde(default = "default_unknown_key_lookups_per_minute")]
+    pub unknown_key_lookups_per_minute: u32,
     /// Per critical tool, the environments where only an approval by a
     /// second principal counts as its confirmation (DESIGN §6).
     #[serde(default)]
@@ -119,6 +124,7 @@ impl Default for AuthConfig {
         Self {
             rate_limit_per_minute: default_rate_limit_per_minute(),
             approval_ttl_secs: default_approval_ttl_secs(),
+            unknown_key_lookups_per_minute: default_unknown_key_lookups_per_minute(),
             approval_required: ApprovalPolicy::default(),
             delete_backup_max_age_hours: default_delete_backup_max_age_hours(),
         }
@@ -186,6 +192,10 @@ impl ApprovalPolicy {
 
 fn production_only() -> Vec<String> {
     vec!["production".into()]
+}
+
+fn default_unknown_key_lookups_per_minute() -> u32 {
+    600
 }
 
 fn default_delete_backup_max_age_hours() -> u32 {
@@ -684,6 +694,12 @@ impl Config {
                 "must be between 60 (one minute) and 604800 (one week)",
             ));
         }
+        if self.auth.unknown_key_lookups_per_minute == 0 {
+            return Err(ConfigError::new(
+                "auth.unknown_key_lookups_per_minute",
+                "must be at least 1 (database lookups per minute of keys never verified)",
+            ));
+        }
         for (tool, envs) in [
             (
                 "project_delete",
@@ -1097,6 +1113,11 @@ known_hosts_file = "KH"
         ))
         .unwrap_err();
         assert!(e.to_string().contains("project_remove"), "{e}");
+        let e = load(&format!(
+            "{GOOD}[auth]\nunknown_key_lookups_per_minute = 0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "auth.unknown_key_lookups_per_minute", "{e}");
     }
 
     #[test]

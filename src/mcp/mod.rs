@@ -120,7 +120,10 @@ impl CodebServer {
 
     /// Shares the tool router of another instance (per-session construction).
     pub fn with_router(ctx: Arc<Ctx>, tools: Arc<ToolRouter<CodebServer>>) -> Self {
-        let verifier = Arc::new(KeyVerifier::new(ctx.db.clone()));
+        let verifier = Arc::new(KeyVerifier::new(
+            ctx.db.clone(),
+            ctx.config.auth.unknown_key_lookups_per_minute,
+        ));
         Self {
             ctx,
             tools,

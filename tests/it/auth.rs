@@ -569,3 +569,74 @@ async fn only_owners_mint_admin_keys_and_admins_revoke_only_lesser_or_their_own(
     };
     with_cleanup(body, async { delete_teams(&db().await, &[&team]).await }).await;
 }
+
+/// Finding 8: a flood of guessed keys cannot hammer the state database.
+/// Each key this server never verified spends one of a global budget of
+/// lookups (here 10 a minute); the rest get 429 with Retry-After, a
+/// repeated unknown key is answered from memory, and a key verified
+/// before keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_unknown_keys_costs_a_bounded_number_of_lookups() {
+    let _guard = FAULT_LOCK.read().await;
+    const BUDGET: u64 = 10;
+    let server = HttpServer::start_with(
+        &super::common::testbed().config,
+        &[("CODEB_AUTH__UNKNOWN_KEY_LOOKUPS_PER_MINUTE", "10")],
+    )
+    .await;
+    let good = mint_key("default", "viewer");
+    let before = post_raw(&server.url, &[("x-api-key", good.as_str())]).await;
+    assert_ne!(before.status(), 401);
+    let started = std::time::Instant::now();
+    const GUESSES: usize = 200;
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..GUESSES {
+        let guess = codeb::auth::generate_key("default", codeb::model::Role::Owner).unwrap();
+        let resp = post_raw(&server.url, &[("x-api-key", guess.as_str())]).await;
+        if resp.status() == 429 {
+            assert!(resp.headers().contains_key("retry-after"));
+        }
+        *statuses.entry(resp.status().as_u16()).or_insert(0usize) += 1;
+    }
+    // One guess, again and again: looked up once at most.
+    let same = codeb::auth::generate_key("default", codeb::model::Role::Owner).unwrap();
+    for _ in 0..20 {
+        let s = post_raw(&server.url, &[("x-api-key", same.as_str())])
+            .await
+            .status();
+        assert!(s == 401 || s == 429, "{s}");
+    }
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    // The budget refills evenly: 10 at once, then 10 a minute.
+    let allowed = BUDGET + (minutes * BUDGET as f64).ceil() as u64 + 1;
+    let throttled = statuses.get(&429).copied().unwrap_or(0);
+    assert!(
+        throttled as u64 >= GUESSES as u64 - allowed,
+        "most guesses must be refused without a lookup: {statuses:?}"
+    );
+    let metrics = reqwest::get(server.url.replace("/mcp", "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lookups: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("codeb_api_key_lookups_total "))
+        .unwrap_or_else(|| panic!("no lookup counter in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // The good key's one lookup, and the budget.
+    assert!(
+        lookups <= allowed + 1,
+        "{lookups} database lookups for {GUESSES} + 20 guesses (at most {allowed} allowed)"
+    );
+    // The key verified before the flood still works.
+    let after = post_raw(&server.url, &[("x-api-key", good.as_str())]).await;
+    assert!(
+        after.status() != 401 && after.status() != 429,
+        "{}",
+        after.status()
+    );
+}
