@@ -93,6 +93,12 @@ pub enum KeyAction {
         /// viewer, member, admin or owner.
         #[arg(long)]
         role: String,
+        /// The person or CI system the key is for (lowercase, e.g.
+        /// alice@example.com). Approvals of critical operations need two
+        /// different principals. Default `local`: the operator at this
+        /// machine, the same person as the stdio caller.
+        #[arg(long, default_value = crate::ops::lifecycle::LOCAL_PRINCIPAL)]
+        principal: String,
         /// Label to recognise the key by.
         #[arg(long, default_value = "")]
         label: String,
@@ -347,27 +353,40 @@ async fn key_command(ctx: &Ctx, action: KeyAction) -> anyhow::Result<ExitCode> {
         KeyAction::Create {
             team,
             role,
+            principal,
             label,
             expires_in_days,
         } => {
             let role = crate::model::Role::parse(&role).ok_or_else(|| {
                 anyhow::anyhow!("--role must be viewer, member, admin or owner, got {role:?}")
             })?;
-            let (key, row) =
-                crate::mcp::keys::create_key(pool, &team, role, &label, expires_in_days)
-                    .await
-                    .map_err(anyhow::Error::msg)?;
+            // The operator at this machine (the root of trust) may mint
+            // any role for anyone.
+            let (key, row) = crate::mcp::keys::create_key(
+                pool,
+                &crate::mcp::keys::KeySpec {
+                    team: &team,
+                    role,
+                    principal: &principal,
+                    label: &label,
+                    expires_in_days,
+                    created_by: None,
+                    created_by_principal: crate::ops::lifecycle::LOCAL_PRINCIPAL,
+                },
+            )
+            .await
+            .map_err(anyhow::Error::msg)?;
             eprintln!(
-                "created {} key {} for team {}; it is printed once, below",
-                row.role, row.id, row.team_id
+                "created {} key {} of principal {} for team {}; it is printed once, below",
+                row.role, row.id, row.principal, row.team_id
             );
             println!("{key}");
         }
         KeyAction::List { team } => {
             let rows = api_keys::api_keys_list(pool, team.as_deref()).await?;
             println!(
-                "{:<36}  {:<12} {:<6}  {:<20} {:<10} {:<10} label",
-                "id", "team", "role", "created", "expires", "state"
+                "{:<36}  {:<12} {:<6}  {:<20} {:<20} {:<10} {:<10} label",
+                "id", "team", "role", "principal", "created", "expires", "state"
             );
             for r in rows {
                 let state = if r.revoked_at.is_some() {
@@ -378,10 +397,11 @@ async fn key_command(ctx: &Ctx, action: KeyAction) -> anyhow::Result<ExitCode> {
                     "active"
                 };
                 println!(
-                    "{:<36}  {:<12} {:<6}  {:<20} {:<10} {:<10} {}",
+                    "{:<36}  {:<12} {:<6}  {:<20} {:<20} {:<10} {:<10} {}",
                     r.id,
                     r.team_id,
                     r.role,
+                    r.principal,
                     r.created_at.format("%Y-%m-%d %H:%M:%S"),
                     r.expires_at
                         .map_or("never".into(), |e| e.format("%Y-%m-%d").to_string()),

@@ -104,6 +104,19 @@ pub struct AuthConfig {
     /// in seconds (input-required confirmations have their own 10 minutes).
     #[serde(default = "default_approval_ttl_secs")]
     pub approval_ttl_secs: u64,
+    /// Database lookups per minute of API keys this server never verified
+    /// (burst of the same size): a flood of guessed keys gets 429 once
+    /// they are spent, while keys verified before keep working.
+    #[serde(default = "default_unknown_key_lookups_per_minute")]
+    pub unknown_key_lookups_per_minute: u32,
+    /// Per critical tool, the environments where only an approval by a
+    /// second principal counts as its confirmation (DESIGN §6).
+    #[serde(default)]
+    pub approval_required: ApprovalPolicy,
+    /// `project_delete` of an environment whose database holds data needs
+    /// a verified backup of it younger than this many hours; 0 disables.
+    #[serde(default = "default_delete_backup_max_age_hours")]
+    pub delete_backup_max_age_hours: u32,
 }
 
 impl Default for AuthConfig {
@@ -111,8 +124,82 @@ impl Default for AuthConfig {
         Self {
             rate_limit_per_minute: default_rate_limit_per_minute(),
             approval_ttl_secs: default_approval_ttl_secs(),
+            unknown_key_lookups_per_minute: default_unknown_key_lookups_per_minute(),
+            approval_required: ApprovalPolicy::default(),
+            delete_backup_max_age_hours: default_delete_backup_max_age_hours(),
         }
     }
+}
+
+/// Which confirmations count, per critical tool (DESIGN §6): in the
+/// environments listed for a tool, the human's confirmation in the
+/// requesting client (elicitation) is not enough — the call becomes a
+/// pending approval that another principal of the team must `approve`.
+/// Elsewhere elicitation suffices. Each tool has its own default, so
+/// setting one keeps the others'.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalPolicy {
+    /// Environments of `project_delete` (default production). A project
+    /// delete acts on every environment that holds something: a deployed
+    /// slot, a domain, or a database with data.
+    #[serde(default = "production_only")]
+    pub project_delete: Vec<String>,
+    /// Environments of `backup_restore` (default production): the
+    /// environment of the backup restored.
+    #[serde(default = "production_only")]
+    pub backup_restore: Vec<String>,
+    /// Environments of `domain_delete` (default none): the environment the
+    /// domain routes to.
+    #[serde(default)]
+    pub domain_delete: Vec<String>,
+}
+
+impl Default for ApprovalPolicy {
+    fn default() -> Self {
+        Self {
+            project_delete: production_only(),
+            backup_restore: production_only(),
+            domain_delete: Vec::new(),
+        }
+    }
+}
+
+impl ApprovalPolicy {
+    /// The environments listed for `tool` (none for any other tool).
+    pub fn environments(&self, tool: &str) -> &[String] {
+        match tool {
+            "project_delete" => &self.project_delete,
+            "backup_restore" => &self.backup_restore,
+            "domain_delete" => &self.domain_delete,
+            _ => &[],
+        }
+    }
+
+    /// The first of `touched` for which `tool` needs a second principal.
+    pub fn second_principal_for(
+        &self,
+        tool: &str,
+        touched: &[crate::model::Environment],
+    ) -> Option<crate::model::Environment> {
+        let listed = self.environments(tool);
+        touched
+            .iter()
+            .copied()
+            .find(|e| listed.iter().any(|l| l == e.as_str()))
+    }
+}
+
+fn production_only() -> Vec<String> {
+    vec!["production".into()]
+}
+
+fn default_unknown_key_lookups_per_minute() -> u32 {
+    600
+}
+
+fn default_delete_backup_max_age_hours() -> u32 {
+    24
 }
 
 fn default_approval_ttl_secs() -> u64 {
@@ -619,6 +706,42 @@ impl Config {
                 "must be between 60 (one minute) and 604800 (one week)",
             ));
         }
+        if self.auth.unknown_key_lookups_per_minute == 0 {
+            return Err(ConfigError::new(
+                "auth.unknown_key_lookups_per_minute",
+                "must be at least 1 (database lookups per minute of keys never verified)",
+            ));
+        }
+        for (tool, envs) in [
+            (
+                "project_delete",
+                &self.auth.approval_required.project_delete,
+            ),
+            (
+                "backup_restore",
+                &self.auth.approval_required.backup_restore,
+            ),
+            ("domain_delete", &self.auth.approval_required.domain_delete),
+        ] {
+            if let Some(bad) = envs
+                .iter()
+                .find(|e| crate::model::Environment::parse(e).is_none())
+            {
+                return Err(ConfigError::new(
+                    format!("auth.approval_required.{tool}"),
+                    format!(
+                        "{} is not an environment; use production, staging or preview",
+                        crate::model::describe_input(bad)
+                    ),
+                ));
+            }
+        }
+        if self.auth.delete_backup_max_age_hours > 24 * 365 {
+            return Err(ConfigError::new(
+                "auth.delete_backup_max_age_hours",
+                "must be at most 8760 (one year); 0 turns the backup check off",
+            ));
+        }
         if !self.database.url.starts_with("postgres://")
             && !self.database.url.starts_with("postgresql://")
         {
@@ -962,6 +1085,55 @@ known_hosts_file = "KH"
         assert_eq!(c.server_for(ServerRole::Storage).name, "storage");
         assert_eq!(c.lifecycle.lease_secs, 60);
         assert_eq!(c.lifecycle.lease_heartbeat(), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn the_confirmation_policy_defaults_per_tool_and_names_bad_environments() {
+        use crate::model::Environment::{Preview, Production, Staging};
+        let c = load(GOOD).unwrap();
+        let policy = &c.auth.approval_required;
+        assert_eq!(
+            policy.second_principal_for("project_delete", &[Staging, Production]),
+            Some(Production)
+        );
+        assert_eq!(
+            policy.second_principal_for("project_delete", &[Staging]),
+            None
+        );
+        assert_eq!(
+            policy.second_principal_for("domain_delete", &[Production]),
+            None
+        );
+        assert_eq!(c.auth.delete_backup_max_age_hours, 24);
+        // Setting one tool keeps the others' defaults.
+        let c = load(&format!(
+            "{GOOD}[auth.approval_required]\ndomain_delete = [\"production\", \"preview\"]\n"
+        ))
+        .unwrap();
+        let policy = &c.auth.approval_required;
+        assert_eq!(
+            policy.second_principal_for("domain_delete", &[Preview]),
+            Some(Preview)
+        );
+        assert_eq!(
+            policy.second_principal_for("backup_restore", &[Production]),
+            Some(Production)
+        );
+        let e = load(&format!(
+            "{GOOD}[auth.approval_required]\nproject_delete = [\"prod\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "auth.approval_required.project_delete", "{e}");
+        let e = load(&format!(
+            "{GOOD}[auth.approval_required]\nproject_remove = []\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("project_remove"), "{e}");
+        let e = load(&format!(
+            "{GOOD}[auth]\nunknown_key_lookups_per_minute = 0\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "auth.unknown_key_lookups_per_minute", "{e}");
     }
 
     #[test]

@@ -1,8 +1,18 @@
 //! API keys `codeb_{team}_{role}_{token}`: made from the OS random number
 //! generator, stored as SHA-256, looked up by digest. The key text is never
 //! logged; only `key_create` and `codeb key create` show it, once.
+//!
+//! Presented keys are verified against the database with two caches in
+//! front of it: verified keys (`KEY_CACHE_TTL`) and refused ones (unknown,
+//! revoked, expired: `REFUSED_CACHE_TTL`). A key this process never saw
+//! verified costs a database lookup, so those lookups share one global
+//! budget (`auth.unknown_key_lookups_per_minute`): a flood of random keys
+//! gets 429 instead of hammering the database, while keys verified before
+//! keep being checked.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,6 +34,12 @@ pub const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 /// Bound of the verified-key cache (cleared when full).
 const KEY_CACHE_MAX: usize = 10_000;
+/// How long a refused key (unknown, revoked, expired) is answered from
+/// memory. Keys are random, so an unknown one never becomes valid, and
+/// revocation and expiry are final.
+pub const REFUSED_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Bound of the refused-key cache (expired entries go first, then all).
+const REFUSED_CACHE_MAX: usize = 10_000;
 
 const BASE62: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
@@ -48,6 +64,13 @@ pub enum KeyError {
     /// The database could not be asked.
     #[error("cannot verify the API key now (state database unavailable: {0}); retry shortly")]
     Unavailable(String),
+    /// Too many keys this server never verified were presented just now
+    /// (a flood of guesses); the database is not asked.
+    #[error("too many unknown API keys were presented to this server just now; retry in {retry_after_secs} s")]
+    Throttled {
+        /// Seconds until a lookup is allowed again (at least 1).
+        retry_after_secs: u64,
+    },
 }
 
 /// The parts of a well-formed key.
@@ -107,6 +130,7 @@ pub fn generate_key(team: &str, role: Role) -> Result<String, getrandom::Error> 
 pub fn caller_of(row: &api_keys::ApiKeyRow) -> Option<Caller> {
     Some(Caller {
         principal: format!("key:{}", row.id),
+        holder: row.principal.clone(),
         team: row.team_id.clone(),
         role: Role::parse(&row.role)?,
         key_id: Some(row.id),
@@ -119,21 +143,45 @@ struct Cached {
     verified: Instant,
 }
 
-/// Verifies presented keys against the database, with a short cache.
+/// Verifies presented keys against the database, with a short cache of
+/// verified keys, a cache of refused ones and a global budget of lookups
+/// of keys never verified here.
 pub struct KeyVerifier {
     db: Db,
     cache: Mutex<HashMap<[u8; 32], Cached>>,
+    refused: Mutex<HashMap<[u8; 32], (KeyError, Instant)>>,
+    new_key_lookups: governor::DefaultDirectRateLimiter,
+    lookups: AtomicU64,
+    throttled: AtomicU64,
     touched: Mutex<HashMap<Uuid, Instant>>,
 }
 
 impl KeyVerifier {
-    /// A verifier over the state database.
-    pub fn new(db: Db) -> Self {
+    /// A verifier over the state database that makes at most
+    /// `new_key_lookups_per_minute` lookups of keys it never verified
+    /// (burst of the same size, refilled evenly).
+    pub fn new(db: Db, new_key_lookups_per_minute: u32) -> Self {
+        let per_minute = NonZeroU32::new(new_key_lookups_per_minute).unwrap_or(NonZeroU32::MIN);
         Self {
             db,
             cache: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+            new_key_lookups: governor::RateLimiter::direct(governor::Quota::per_minute(per_minute)),
+            lookups: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
             touched: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Database lookups of keys made so far (`/metrics`).
+    pub fn database_lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+
+    /// Keys refused without a lookup because the budget of lookups of
+    /// unknown keys was spent (`/metrics`).
+    pub fn throttled_lookups(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
     }
 
     /// The caller for `key`, or why it is refused.
@@ -141,12 +189,14 @@ impl KeyVerifier {
         let parsed = parse_key(key)?;
         let digest = hash_key(key);
         let now = Instant::now();
-        let cached = {
+        let (cached, seen) = {
             let cache = self.cache.lock().expect("key cache lock");
-            cache.get(&digest).and_then(|c| {
+            let entry = cache.get(&digest);
+            let fresh = entry.and_then(|c| {
                 (now.duration_since(c.verified) < KEY_CACHE_TTL)
                     .then(|| (c.caller.clone(), c.expires_at))
-            })
+            });
+            (fresh, entry.is_some())
         };
         let caller = match cached {
             Some((caller, expires_at)) => {
@@ -156,48 +206,47 @@ impl KeyVerifier {
                 caller
             }
             None => {
-                let pool = self
-                    .db
-                    .pool()
-                    .await
-                    .map_err(|e| KeyError::Unavailable(e.to_string()))?;
-                let (row, stored) = api_keys::api_key_by_hash(pool, &digest)
-                    .await
-                    .map_err(|e| KeyError::Unavailable(e.to_string()))?
-                    .ok_or(KeyError::Unknown)?;
-                // Keys are found by their SHA-256 (timing there can only
-                // tell digest prefixes, which do not help to forge a key);
-                // the match itself is confirmed in constant time.
-                if !bool::from(subtle::ConstantTimeEq::ct_eq(
-                    stored.as_slice(),
-                    digest.as_slice(),
-                )) {
-                    return Err(KeyError::Unknown);
+                if let Some(e) = self.refused_before(&digest, now) {
+                    return Err(e);
                 }
-                if row.revoked_at.is_some() {
-                    return Err(KeyError::Revoked);
+                // A key verified here before (its cache entry only aged)
+                // is looked up again freely; any other key spends the
+                // budget of lookups that a flood of guesses would exhaust.
+                if !seen {
+                    if let Err(not_until) = self.new_key_lookups.check() {
+                        use governor::clock::Clock;
+                        self.throttled.fetch_add(1, Ordering::Relaxed);
+                        let wait = not_until
+                            .wait_time_from(governor::clock::DefaultClock::default().now());
+                        return Err(KeyError::Throttled {
+                            retry_after_secs: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+                                .max(1),
+                        });
+                    }
                 }
-                if row.expires_at.is_some_and(|e| e <= Utc::now()) {
-                    return Err(KeyError::Expired);
+                match self.look_up(&parsed, &digest).await {
+                    Ok((caller, expires_at)) => {
+                        let mut cache = self.cache.lock().expect("key cache lock");
+                        if cache.len() >= KEY_CACHE_MAX {
+                            cache.clear();
+                        }
+                        cache.insert(
+                            digest,
+                            Cached {
+                                caller: caller.clone(),
+                                expires_at,
+                                verified: now,
+                            },
+                        );
+                        caller
+                    }
+                    Err(e) => {
+                        if matches!(e, KeyError::Unknown | KeyError::Revoked | KeyError::Expired) {
+                            self.remember_refusal(digest, e.clone(), now);
+                        }
+                        return Err(e);
+                    }
                 }
-                let caller = caller_of(&row).ok_or(KeyError::Unknown)?;
-                // The team and role written in the key must be the stored ones.
-                if caller.team != parsed.team || caller.role != parsed.role {
-                    return Err(KeyError::Unknown);
-                }
-                let mut cache = self.cache.lock().expect("key cache lock");
-                if cache.len() >= KEY_CACHE_MAX {
-                    cache.clear();
-                }
-                cache.insert(
-                    digest,
-                    Cached {
-                        caller: caller.clone(),
-                        expires_at: row.expires_at,
-                        verified: now,
-                    },
-                );
-                caller
             }
         };
         if let Some(id) = caller.key_id {
@@ -210,11 +259,84 @@ impl KeyVerifier {
     /// cache): for a long-lived caller whose revocation must count at once.
     pub async fn verify_fresh(&self, key: &str) -> Result<Caller, KeyError> {
         let digest = hash_key(key);
-        self.cache.lock().expect("key cache lock").remove(&digest);
+        {
+            // Aged rather than removed: a key verified here before stays
+            // outside the budget of lookups of unknown keys.
+            let mut cache = self.cache.lock().expect("key cache lock");
+            let stale = Instant::now().checked_sub(KEY_CACHE_TTL);
+            match (cache.get_mut(&digest), stale) {
+                (Some(c), Some(stale)) => c.verified = stale,
+                (Some(_), None) => {
+                    cache.remove(&digest);
+                }
+                (None, _) => {}
+            }
+        }
         self.verify(key).await
     }
 
-    /// Forgets a key at once (after a revocation in this process).
+    /// The refusal remembered for `digest`, if still fresh.
+    fn refused_before(&self, digest: &[u8; 32], now: Instant) -> Option<KeyError> {
+        let refused = self.refused.lock().expect("refused key cache lock");
+        refused
+            .get(digest)
+            .filter(|(_, at)| now.duration_since(*at) < REFUSED_CACHE_TTL)
+            .map(|(e, _)| e.clone())
+    }
+
+    fn remember_refusal(&self, digest: [u8; 32], e: KeyError, now: Instant) {
+        let mut refused = self.refused.lock().expect("refused key cache lock");
+        if refused.len() >= REFUSED_CACHE_MAX {
+            refused.retain(|_, (_, at)| now.duration_since(*at) < REFUSED_CACHE_TTL);
+            if refused.len() >= REFUSED_CACHE_MAX {
+                refused.clear();
+            }
+        }
+        refused.insert(digest, (e, now));
+    }
+
+    /// One database lookup of a key: its caller and expiry, or why it is
+    /// refused.
+    async fn look_up(
+        &self,
+        parsed: &ParsedKey,
+        digest: &[u8; 32],
+    ) -> Result<(Caller, Option<chrono::DateTime<Utc>>), KeyError> {
+        let pool = self
+            .db
+            .pool()
+            .await
+            .map_err(|e| KeyError::Unavailable(e.to_string()))?;
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let (row, stored) = api_keys::api_key_by_hash(pool, digest)
+            .await
+            .map_err(|e| KeyError::Unavailable(e.to_string()))?
+            .ok_or(KeyError::Unknown)?;
+        // Keys are found by their SHA-256 (timing there can only tell
+        // digest prefixes, which do not help to forge a key); the match
+        // itself is confirmed in constant time.
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            stored.as_slice(),
+            digest.as_slice(),
+        )) {
+            return Err(KeyError::Unknown);
+        }
+        if row.revoked_at.is_some() {
+            return Err(KeyError::Revoked);
+        }
+        if row.expires_at.is_some_and(|e| e <= Utc::now()) {
+            return Err(KeyError::Expired);
+        }
+        let caller = caller_of(&row).ok_or(KeyError::Unknown)?;
+        // The team and role written in the key must be the stored ones.
+        if caller.team != parsed.team || caller.role != parsed.role {
+            return Err(KeyError::Unknown);
+        }
+        Ok((caller, row.expires_at))
+    }
+
+    /// Forgets a key at once (after a revocation in this process): its
+    /// next use is looked up again, and refused.
     pub fn forget(&self, key_id: Uuid) {
         self.cache
             .lock()
@@ -305,6 +427,54 @@ mod tests {
         ] {
             assert_eq!(parse_key(&k), Err(KeyError::Malformed), "{k}");
         }
+    }
+
+    /// Keys never verified here spend one global budget of lookups; past
+    /// it they are refused without asking the database (here one that
+    /// cannot be reached, so nothing is remembered as refused).
+    #[tokio::test]
+    async fn unknown_keys_share_a_budget_of_lookups() {
+        let config: crate::config::Config = toml::from_str(
+            r#"
+[database]
+url = "postgres://codeb@127.0.0.1:1/codeb"
+[routing]
+route_zone = "route.codeb.test"
+route_target = "app.route.codeb.test"
+base_domain = "codeb.test"
+preview_domain = "preview.codeb.test"
+public_http = "http://127.0.0.1:80"
+[pdns]
+api_url = "http://127.0.0.1:8081"
+[[servers]]
+name = "app"
+roles = ["app", "storage", "streaming", "backup"]
+address = "local"
+"#,
+        )
+        .unwrap();
+        let verifier = KeyVerifier::new(Db::from_config(&config), 2);
+        let guess = || generate_key("default", Role::Owner).unwrap();
+        for _ in 0..2 {
+            assert!(matches!(
+                verifier.verify(&guess()).await,
+                Err(KeyError::Unavailable(_))
+            ));
+        }
+        for _ in 0..5 {
+            match verifier.verify(&guess()).await {
+                Err(KeyError::Throttled { retry_after_secs }) => {
+                    assert!((1..=60).contains(&retry_after_secs), "{retry_after_secs}")
+                }
+                other => panic!("expected Throttled, got {other:?}"),
+            }
+        }
+        assert_eq!(verifier.throttled_lookups(), 5);
+        // Malformed keys never reach the budget.
+        assert_eq!(
+            verifier.verify("codeb_x").await.unwrap_err(),
+            KeyError::Malformed
+        );
     }
 
     #[test]

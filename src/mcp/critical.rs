@@ -10,12 +10,23 @@
 //!    carrying the same elicitation; `requestState` is the id of a
 //!    server-side confirmation row (bound to caller, tool and arguments,
 //!    single-use, short-lived), never trusted state;
-//! 3. everyone else: a pending approval that a *different* admin key of the
-//!    same team must `approve` within `auth.approval_ttl_secs`.
+//! 3. everyone else: a pending approval that an admin key of a *different
+//!    principal* (another person or CI system) of the same team must
+//!    `approve` within `auth.approval_ttl_secs`.
 //!
-//! Every path executes with the hash of the plan that was shown; the
-//! operation recomputes the plan under its lock and refuses when the live
-//! state moved since.
+//! Policy (`auth.approval_required`, DESIGN §6) decides where the human in
+//! the requesting client is not enough: a model can answer elicitation in
+//! some clients, so for the listed tools and environments (default:
+//! production `project_delete` and `backup_restore`) every call becomes a
+//! pending approval for a second principal. The environments a call
+//! touches come from its plan, so they are bound by the plan hash too.
+//!
+//! Every path executes with the hash of the plan that was shown; the hash
+//! covers the project's row id and team, so a confirmation never carries
+//! over to a namesake created later, and the operation recomputes the plan
+//! under its lock and refuses when the live state moved since. `approve`
+//! also checks that the project is still the one requested (same id, same
+//! team) before anything runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,12 +245,14 @@ async fn insert_request(
             team: &caller.team,
             tool: call.tool,
             project: &plan.project,
+            project_id: plan.project_id,
             arguments: &call.arguments,
             plan_hash: &plan.hash(),
             summary: &plan.summary,
             plan: &plan.details,
             requested_by: caller.key_id,
             requested_principal: &caller.principal,
+            requester: &caller.holder,
             ttl,
         },
     )
@@ -254,7 +267,7 @@ enum Channel {
     Elicit,
     /// input-required result to a 2026-07-28 client.
     InputRequired,
-    /// A pending approval for a second admin key.
+    /// A pending approval for an admin key of a second principal.
     Approval,
 }
 
@@ -328,14 +341,11 @@ fn judge(
     }
 }
 
-fn declined(plan: &CriticalPlan) -> CriticalResult {
+fn declined(tool: &str, project: &str, plan: PlanView) -> CriticalResult {
     CriticalResult {
-        summary: format!(
-            "{} of {} declined by the user; nothing was changed",
-            plan.tool, plan.project
-        ),
+        summary: format!("{tool} of {project} declined by the user; nothing was changed"),
         status: "declined".into(),
-        plan: Some(PlanView::from(plan)),
+        plan: Some(plan),
         approval_id: None,
         expires_at: None,
         outcome: None,
@@ -353,12 +363,61 @@ fn executed(plan: PlanView, summary: String, outcome: serde_json::Value) -> Crit
     }
 }
 
-fn same_requester(row: &ApprovalRow, caller: &Caller) -> bool {
+/// Whether `caller` is the very key (or keyless local operator) that made
+/// the request: a confirmation is answered only by its requester.
+fn same_key(row: &ApprovalRow, caller: &Caller) -> bool {
     match (row.requested_by, caller.key_id) {
         (Some(a), Some(b)) => a == b,
         (None, None) => row.requested_principal == caller.principal,
         _ => false,
     }
+}
+
+/// Why `caller` may not approve `row`: it is the requesting key, or
+/// another key of the requesting principal (one person, two keys).
+fn not_a_second_principal(row: &ApprovalRow, caller: &Caller) -> Option<String> {
+    let id = row.id;
+    if same_key(row, caller) {
+        Some(format!(
+            "approval {id} was requested with this same key ({}); an admin key of a different principal (another person) of team {} must approve it",
+            row.requested_principal, caller.team
+        ))
+    } else if row.requester == caller.holder {
+        let legacy = if caller.holder == crate::mcp::keys::LEGACY_PRINCIPAL {
+            " (keys made before principals existed all count as one person: an owner mints keys of your own principal with key_create)"
+        } else {
+            ""
+        };
+        Some(format!(
+            "approval {id} was requested by principal {}, and this key belongs to {} too{legacy}: nobody approves their own request, whichever key they use. An admin key of a different principal (another person) of team {} must approve it",
+            row.requester, caller.holder, caller.team
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why `row` no longer applies to the project of that name, if it does
+/// not: the project was deleted (and perhaps created again, by this team
+/// or another) since it was requested. Another team's project answers like
+/// a missing one.
+async fn binding_problem(pool: &sqlx::PgPool, row: &ApprovalRow) -> Result<Option<String>, String> {
+    let live = crate::state::projects::project_by_name(pool, &row.project)
+        .await
+        .map_err(db_err)?;
+    let (tool, project) = (&row.tool, &row.project);
+    Ok(match (live, row.project_id) {
+        (Some(p), Some(id)) if p.id == id && p.team_id == row.team_id => None,
+        (Some(p), Some(_)) if p.team_id == row.team_id => Some(format!(
+            "project {project} was deleted and created again since this {tool} was requested: \
+             it is another project now, and a confirmation of the old one never applies to it. \
+             Nothing was changed; call {tool} again to see the current plan"
+        )),
+        _ => Some(format!(
+            "project {project} of this {tool} request no longer exists (deleted since it was \
+             requested); nothing was changed"
+        )),
+    })
 }
 
 impl CodebServer {
@@ -380,11 +439,23 @@ impl CodebServer {
         let plan = plan_for(&ctx, call.tool, &call.arguments)
             .await
             .map_err(db_err)?;
+        let second_principal = ctx
+            .config
+            .auth
+            .approval_required
+            .second_principal_for(call.tool, &plan.environments);
         if call.dry_run {
             return respond(CriticalResult {
                 summary: format!(
-                    "dry run: {}; nothing changed. Without dry_run this needs a confirmation by a human or a second admin",
-                    plan.summary
+                    "dry run: {}; nothing changed. Without dry_run this needs {}",
+                    plan.summary,
+                    match second_principal {
+                        Some(env) => format!(
+                            "approval by a second person (auth.approval_required: {} in {env})",
+                            call.tool
+                        ),
+                        None => "a confirmation by a human or a second person".to_string(),
+                    }
                 ),
                 status: "planned".into(),
                 plan: Some(PlanView::from(&plan)),
@@ -392,6 +463,17 @@ impl CodebServer {
                 expires_at: None,
                 outcome: None,
             });
+        }
+        if let Some(env) = second_principal {
+            // The human's answer in this client does not count here: it
+            // may be the model answering.
+            let why = format!(
+                "policy auth.approval_required: {} touching {env} needs a second person; a confirmation in your own client does not count here",
+                call.tool
+            );
+            return self
+                .request_approval(&caller, &call, &plan, Some(why))
+                .await;
         }
         match channel(&context) {
             Channel::Elicit => {
@@ -414,7 +496,7 @@ impl CodebServer {
                     }
                 };
                 if !judge(&answer.action, answer.content.as_ref(), &call.confirm_word)? {
-                    return respond(declined(&plan));
+                    return respond(declined(call.tool, &plan.project, PlanView::from(&plan)));
                 }
                 let (summary, outcome) = execute(
                     ctx.clone(),
@@ -458,7 +540,8 @@ impl CodebServer {
         }
     }
 
-    /// Records a pending approval for a second admin key and says so.
+    /// Records a pending approval for an admin key of a second principal
+    /// and says so.
     async fn request_approval(
         &self,
         caller: &Caller,
@@ -472,10 +555,11 @@ impl CodebServer {
         tracing::info!(approval = %row.id, tool = call.tool, project = %plan.project, by = %caller.principal, "approval requested");
         respond(CriticalResult {
             summary: format!(
-                "{}not done yet: {} needs approval by a different admin key of team {} — they call approve with approval_id {} before {}. Nothing was changed",
+                "{}not done yet: {} needs approval by a second person — an admin of team {} other than principal {} calls approve with approval_id {} before {}. Nothing was changed",
                 why.map(|w| format!("{w}; ")).unwrap_or_default(),
                 call.tool,
                 caller.team,
+                caller.holder,
                 row.id,
                 row.expires_at.to_rfc3339()
             ),
@@ -512,7 +596,7 @@ impl CodebServer {
                 r.kind == rows::KIND_CONFIRMATION
                     && r.tool == call.tool
                     && r.arguments == call.arguments
-                    && same_requester(r, caller)
+                    && same_key(r, caller)
             })
             .ok_or_else(unknown)?;
         let answer = responses
@@ -524,12 +608,6 @@ impl CodebServer {
                 "the retry carries no answer to the confirmation request; nothing was changed"
                     .to_string()
             })?;
-        let plan = CriticalPlan {
-            tool: call.tool,
-            project: row.project.clone(),
-            summary: row.summary.clone(),
-            details: row.plan.clone(),
-        };
         let by = format!(
             "{} (user of {})",
             caller.principal,
@@ -544,14 +622,23 @@ impl CodebServer {
                 rows::approval_decline(pool, id, &by)
                     .await
                     .map_err(db_err)?;
-                return respond(declined(&plan));
+                return respond(declined(call.tool, &row.project, PlanView::from(&row)));
             }
             Err(e) => {
                 let _ = rows::approval_decline(pool, id, &by).await;
                 return Err(e);
             }
         }
-        let row = rows::approval_claim(pool, id, rows::KIND_CONFIRMATION, None, &by)
+        if let Some(problem) = binding_problem(pool, &row).await? {
+            let _ = rows::approval_refuse(pool, id, &problem).await;
+            return Err(problem);
+        }
+        let decider = rows::Decider {
+            key: None,
+            recorded_as: &by,
+            principal: &caller.holder,
+        };
+        let row = rows::approval_claim(pool, id, rows::KIND_CONFIRMATION, &decider)
             .await
             .map_err(db_err)?
             .ok_or_else(unknown)?;
@@ -686,9 +773,9 @@ pub struct ApprovalInfo {
     pub status: String,
     /// The plan it approves.
     pub plan: PlanView,
-    /// Who asked.
+    /// Who asked: principal (key).
     pub requested_by: String,
-    /// Who approved.
+    /// Who approved: principal (key).
     pub approved_by: Option<String>,
     /// RFC 3339.
     pub created_at: String,
@@ -872,8 +959,11 @@ impl CodebServer {
                 project: r.project,
                 arguments: r.arguments,
                 status: r.status,
-                requested_by: r.requested_principal,
-                approved_by: r.approved_principal,
+                requested_by: format!("{} ({})", r.requester, r.requested_principal),
+                approved_by: r.approved_principal.map(|a| match &r.approver {
+                    Some(who) => format!("{who} ({a})"),
+                    None => a,
+                }),
                 created_at: r.created_at.to_rfc3339(),
                 expires_at: r.expires_at.to_rfc3339(),
                 error: r.error,
@@ -886,7 +976,7 @@ impl CodebServer {
                 approvals.len(),
                 caller.team,
                 if pending > 0 {
-                    "; a different admin key than the requester's runs one with approve"
+                    "; an admin of another principal than the requester runs one with approve"
                 } else {
                     ""
                 }
@@ -896,7 +986,7 @@ impl CodebServer {
         }))
     }
 
-    /// Run a pending critical operation of your team: another admin key than the requester's, once, before expiry, while its plan still matches.
+    /// Run a pending critical operation of your team as a second person (not the requester): once, before expiry, while its plan matches.
     #[tool(
         name = "approve",
         title = "Approve a critical operation",
@@ -949,14 +1039,17 @@ impl CodebServer {
                 ),
             });
         }
-        if same_requester(&row, &caller) {
-            return Err(format!(
-                "approval {id} was requested with this same key ({}); a different admin key of team {} must approve it",
-                row.requested_principal, caller.team
-            ));
+        if let Some(refusal) = not_a_second_principal(&row, &caller) {
+            return Err(refusal);
         }
+        // The project must still be the one requested (finding 7): checked
+        // here in words, and again by the plan hash under the lock.
+        let binding = binding_problem(pool, &row).await?;
         if p.dry_run {
-            let live = plan_for(&ctx, &row.tool, &row.arguments).await;
+            let live = match &binding {
+                Some(problem) => Err(OpError::Refused(problem.clone())),
+                None => plan_for(&ctx, &row.tool, &row.arguments).await,
+            };
             let matches = live.as_ref().is_ok_and(|l| l.hash() == row.plan_hash);
             return respond(CriticalResult {
                 summary: if matches {
@@ -980,18 +1073,23 @@ impl CodebServer {
                 outcome: None,
             });
         }
-        let row = rows::approval_claim(
-            pool,
-            id,
-            rows::KIND_APPROVAL,
-            caller.key_id,
-            &caller.principal,
-        )
-        .await
-        .map_err(db_err)?
-        .ok_or_else(|| {
-            format!("approval {id} was used or expired just now; an approval runs at most once")
-        })?;
+        if let Some(problem) = binding {
+            rows::approval_refuse(pool, id, &problem)
+                .await
+                .map_err(db_err)?;
+            return Err(problem);
+        }
+        let decider = rows::Decider {
+            key: caller.key_id,
+            recorded_as: &caller.principal,
+            principal: &caller.holder,
+        };
+        let row = rows::approval_claim(pool, id, rows::KIND_APPROVAL, &decider)
+            .await
+            .map_err(db_err)?
+            .ok_or_else(|| {
+                format!("approval {id} was used or expired just now; an approval runs at most once")
+            })?;
         tracing::info!(approval = %id, tool = %row.tool, project = %row.project, by = %caller.principal, "approval granted");
         // The operation records both: who asked and who approved.
         let actor = Caller {
@@ -1009,21 +1107,27 @@ impl CodebServer {
 mod tests {
     use super::*;
 
-    fn row(requested_by: Option<Uuid>, principal: &str) -> ApprovalRow {
+    /// A pending approval requested with key `requested_by` (None: the
+    /// local operator) by principal `requester`.
+    fn row(requested_by: Option<Uuid>, requester: &str) -> ApprovalRow {
         ApprovalRow {
             id: Uuid::new_v4(),
             kind: rows::KIND_APPROVAL.into(),
             team_id: "default".into(),
             tool: "domain_delete".into(),
             project: "shop".into(),
+            project_id: Some(1),
             arguments: serde_json::json!({}),
             plan_hash: "h".into(),
             summary: String::new(),
             plan: serde_json::json!({}),
             requested_by,
-            requested_principal: principal.into(),
+            requested_principal: requested_by
+                .map_or_else(|| "local".to_string(), |k| format!("key:{k}")),
+            requester: requester.into(),
             approved_by: None,
             approved_principal: None,
+            approver: None,
             status: "pending".into(),
             created_at: chrono::Utc::now(),
             expires_at: chrono::Utc::now(),
@@ -1035,26 +1139,35 @@ mod tests {
     }
 
     #[test]
-    fn the_requesting_key_never_counts_as_a_second_admin() {
+    fn only_another_principal_counts_as_the_second_person() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let caller = |key: Option<Uuid>, principal: &str| Caller {
-            principal: principal.into(),
+        let caller = |key: Option<Uuid>, holder: &str| Caller {
+            principal: key.map_or_else(|| "local".to_string(), |k| format!("key:{k}")),
+            holder: holder.into(),
             key_id: key,
             ..Caller::local_owner()
         };
-        // Same key, whatever the label says.
-        assert!(same_requester(
-            &row(Some(a), "ci"),
-            &caller(Some(a), "other")
-        ));
-        assert!(!same_requester(&row(Some(a), "ci"), &caller(Some(b), "ci")));
-        // The local operator approving its own request is the same person.
-        assert!(same_requester(&row(None, "local"), &caller(None, "local")));
-        assert!(!same_requester(
-            &row(None, "local"),
-            &caller(Some(b), "local")
-        ));
-        assert!(!same_requester(&row(Some(a), "x"), &caller(None, "x")));
+        // The same key, whatever principal it claims.
+        assert!(not_a_second_principal(&row(Some(a), "alice"), &caller(Some(a), "bob")).is_some());
+        // Another key of the same person: still one person (finding 4).
+        let refusal = not_a_second_principal(&row(Some(a), "alice"), &caller(Some(b), "alice"))
+            .expect("refused");
+        assert!(refusal.contains("principal alice"), "{refusal}");
+        // Another key of another person.
+        assert!(not_a_second_principal(&row(Some(a), "alice"), &caller(Some(b), "bob")).is_none());
+        // The local operator approving its own request, with or without a
+        // key minted for it (principal `local`), is the same person.
+        assert!(not_a_second_principal(&row(None, "local"), &caller(None, "local")).is_some());
+        assert!(not_a_second_principal(&row(None, "local"), &caller(Some(b), "local")).is_some());
+        assert!(not_a_second_principal(&row(None, "local"), &caller(Some(b), "bob")).is_none());
+        // Keys made before principals are all one person.
+        assert!(
+            not_a_second_principal(&row(Some(a), "legacy"), &caller(Some(b), "legacy")).is_some()
+        );
+        // A confirmation belongs to the very key that asked.
+        assert!(same_key(&row(Some(a), "alice"), &caller(Some(a), "alice")));
+        assert!(!same_key(&row(Some(a), "alice"), &caller(Some(b), "alice")));
+        assert!(!same_key(&row(Some(a), "x"), &caller(None, "x")));
     }
 
     #[test]
@@ -1085,6 +1198,9 @@ mod tests {
         let plan = CriticalPlan {
             tool: "project_delete",
             project: "shop".into(),
+            project_id: 1,
+            team: "default".into(),
+            environments: vec![],
             summary: "delete project shop".into(),
             details: serde_json::json!({"x": 1}),
         };

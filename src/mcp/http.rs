@@ -6,6 +6,8 @@
 //! Every `/mcp` request is authenticated here, before rmcp sees it (DESIGN
 //! §6): `Authorization: Bearer KEY` or `X-API-Key: KEY`, else 401 with a
 //! JSON-RPC error body; then a per-key rate limit (429 with Retry-After).
+//! Keys this server never verified share a global budget of database
+//! lookups (429 with Retry-After once spent: `auth::KeyVerifier`).
 //! The authenticated `Caller` rides in the request extensions, which rmcp
 //! hands to the server inside the HTTP `Parts` (`CodebServer::request_caller`).
 //! `/healthz`, `/readyz`, `/metrics` (counters and version only) and
@@ -42,6 +44,7 @@ pub enum HttpError {
 struct AppState {
     ctx: Arc<Ctx>,
     requests: Arc<AtomicU64>,
+    verifier: Arc<crate::auth::KeyVerifier>,
 }
 
 type KeyedLimiter = governor::DefaultKeyedRateLimiter<uuid::Uuid>;
@@ -165,6 +168,18 @@ async fn authenticate(
     };
     let caller = match result {
         Ok(c) => c,
+        Err(KeyError::Throttled { retry_after_secs }) => {
+            let mut resp = jsonrpc_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                JSONRPC_RATE_LIMITED,
+                &KeyError::Throttled { retry_after_secs }.to_string(),
+            );
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(retry_after_secs),
+            );
+            return resp;
+        }
         Err(e) => {
             let status = if matches!(e, KeyError::Unavailable(_)) {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -259,6 +274,7 @@ pub fn router(ctx: Arc<Ctx>, bound: SocketAddr, cancel: CancellationToken) -> Ro
     let state = AppState {
         ctx,
         requests: Arc::new(AtomicU64::new(0)),
+        verifier: auth.verifier.clone(),
     };
     let counter = state.requests.clone();
     Router::new()
@@ -336,6 +352,12 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         "# HELP codeb_http_requests_total MCP HTTP requests received.\n\
          # TYPE codeb_http_requests_total counter\n\
          codeb_http_requests_total {}\n\
+         # HELP codeb_api_key_lookups_total Database lookups of presented API keys.\n\
+         # TYPE codeb_api_key_lookups_total counter\n\
+         codeb_api_key_lookups_total {}\n\
+         # HELP codeb_api_key_lookups_throttled_total Unknown API keys refused (429) without a lookup.\n\
+         # TYPE codeb_api_key_lookups_throttled_total counter\n\
+         codeb_api_key_lookups_throttled_total {}\n\
          # HELP codeb_build_info Build information.\n\
          # TYPE codeb_build_info gauge\n\
          codeb_build_info{{version=\"{}\"}} 1\n\
@@ -346,6 +368,8 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
          # TYPE codeb_redaction_project_bytes gauge\n\
          codeb_redaction_project_bytes {}\n",
         s.requests.load(Ordering::Relaxed),
+        s.verifier.database_lookups(),
+        s.verifier.throttled_lookups(),
         env!("CARGO_PKG_VERSION"),
         redaction.values,
         redaction.project_bytes

@@ -1,6 +1,12 @@
 //! `key_create`, `key_list`, `key_revoke` (admins, own team only), and the
 //! access checks `call_tool` runs before any handler (DESIGN §6): the role
 //! the tool needs, then the team of the project or handle it names.
+//!
+//! Every key belongs to a principal (a person or CI system) and records who
+//! made it. Admins mint and revoke viewer and member keys; admin and owner
+//! keys are minted by owners only, and revoked by owners or by their own
+//! principal — so one admin can neither make a second "person" to approve
+//! their own requests nor take another approver's key away.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -210,8 +216,11 @@ impl CodebServer {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyCreateParams {
-    /// viewer, member, admin or owner (not above your own role).
+    /// viewer, member, admin or owner.
     pub role: String,
+    /// Its person or CI system (lowercase); default you.
+    #[serde(default)]
+    pub principal: Option<String>,
     /// Label to recognise the key by.
     #[serde(default)]
     pub label: Option<String>,
@@ -229,6 +238,10 @@ pub struct KeyInfo {
     pub team: String,
     /// Role.
     pub role: String,
+    /// The person or CI system it belongs to (`legacy`: made before principals).
+    pub principal: String,
+    /// The principal that created it (and its key id), if recorded.
+    pub created_by: Option<String>,
     /// Label.
     pub label: String,
     /// Creation time (RFC 3339).
@@ -246,6 +259,11 @@ fn key_info(r: &api_keys::ApiKeyRow) -> KeyInfo {
         id: r.id.to_string(),
         team: r.team_id.clone(),
         role: r.role.clone(),
+        principal: r.principal.clone(),
+        created_by: r.created_by_principal.as_ref().map(|p| match r.created_by {
+            Some(k) => format!("{p} (key {k})"),
+            None => p.clone(),
+        }),
         label: r.label.clone(),
         created_at: r.created_at.to_rfc3339(),
         expires_at: r.expires_at.map(|t| t.to_rfc3339()),
@@ -315,39 +333,118 @@ pub fn validate_label(label: &str) -> Result<(), String> {
     }
 }
 
+/// The principal codeb gives keys made before principals existed
+/// (migration 0009): all of them count as one person.
+pub const LEGACY_PRINCIPAL: &str = "legacy";
+
+/// Validates a principal name: 1-64 of lowercase ASCII letters, digits and
+/// `._@+-`, starting with a letter or digit; not `legacy` (the principal of
+/// keys made before principals). Lowercase only, so `Alice` and `alice`
+/// can never be two people.
+pub fn validate_principal(principal: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&principal.len())
+        && principal
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && principal
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._@+-".contains(&b));
+    if !ok {
+        return Err(format!(
+            "principal {} is invalid: name the person or CI system with 1-64 lowercase ASCII letters, digits and ._@+- (e.g. alice@example.com or ci-deploy)",
+            crate::model::describe_input(principal)
+        ));
+    }
+    if principal == LEGACY_PRINCIPAL {
+        return Err(format!(
+            "principal {LEGACY_PRINCIPAL:?} is reserved for keys made before principals existed; name the person or CI system the key is for"
+        ));
+    }
+    Ok(())
+}
+
+/// Who may mint a key of `role`: anyone up to member for an admin, any role
+/// for an owner (DESIGN §6: only owners mint admin or owner keys, so one
+/// admin cannot make a second admin to approve their own requests).
+pub fn may_mint(caller: Role, role: Role) -> bool {
+    match role {
+        Role::Viewer | Role::Member => caller >= Role::Admin,
+        Role::Admin | Role::Owner => caller == Role::Owner,
+    }
+}
+
+/// Who may revoke `key` (a key of the caller's team): an owner any key; an
+/// admin the keys it could have minted (viewer, member) and any key of its
+/// own principal — never another person's admin or owner key, so one admin
+/// cannot take the second approver's key (or an owner's) away.
+pub fn may_revoke(caller: &Caller, key: &api_keys::ApiKeyRow) -> bool {
+    let role = Role::parse(&key.role).unwrap_or(Role::Owner);
+    // Keys made before principals all share `legacy`: that is no proof
+    // that they belong to the same person.
+    let own = key.principal == caller.holder && caller.holder != LEGACY_PRINCIPAL;
+    caller.role == Role::Owner
+        || (caller.role >= Role::Admin && (may_mint(caller.role, role) || own))
+}
+
+/// A new key's facts (shared by the tool and `codeb key create`).
+pub struct KeySpec<'a> {
+    /// Team (created if new).
+    pub team: &'a str,
+    /// Role.
+    pub role: Role,
+    /// The person or CI system it belongs to.
+    pub principal: &'a str,
+    /// Label.
+    pub label: &'a str,
+    /// Days until it expires.
+    pub expires_in_days: Option<u32>,
+    /// The creating key (None: the operator at the codeb machine).
+    pub created_by: Option<uuid::Uuid>,
+    /// The creating principal.
+    pub created_by_principal: &'a str,
+}
+
 /// Creates a key (shared by the tool and `codeb key create`). Returns the
-/// key text and its record.
+/// key text and its record. Who may create which role is the caller's
+/// check (`may_mint`); this checks the values.
 pub async fn create_key(
     pool: &sqlx::PgPool,
-    team: &str,
-    role: Role,
-    label: &str,
-    expires_in_days: Option<u32>,
+    spec: &KeySpec<'_>,
 ) -> Result<(String, api_keys::ApiKeyRow), String> {
+    let team = spec.team;
     crate::model::validate_project_name(team)
         .map_err(|_| format!("team {team:?} is not a valid team name (3-32 of a-z, 0-9, -)"))?;
-    validate_label(label)?;
-    if let Some(d) = expires_in_days {
+    validate_label(spec.label)?;
+    validate_principal(spec.principal)?;
+    if let Some(d) = spec.expires_in_days {
         if !(1..=3650).contains(&d) {
             return Err(format!(
                 "expires_in_days must be between 1 and 3650, got {d}"
             ));
         }
     }
-    let key = crate::auth::generate_key(team, role)
+    let key = crate::auth::generate_key(team, spec.role)
         .map_err(|e| format!("no randomness from the OS: {e}"))?;
-    let expires_at = expires_in_days.map(|d| chrono::Utc::now() + chrono::Duration::days(d.into()));
+    let expires_at = spec
+        .expires_in_days
+        .map(|d| chrono::Utc::now() + chrono::Duration::days(d.into()));
     api_keys::team_ensure(pool, team)
         .await
         .map_err(|e| e.to_string())?;
     let row = api_keys::api_key_insert(
         pool,
-        uuid::Uuid::new_v4(),
-        team,
-        role.as_str(),
-        label,
-        &crate::auth::hash_key(&key),
-        expires_at,
+        &api_keys::NewApiKey {
+            id: uuid::Uuid::new_v4(),
+            team,
+            role: spec.role.as_str(),
+            label: spec.label,
+            principal: spec.principal,
+            created_by: spec.created_by,
+            created_by_principal: spec.created_by_principal,
+            key_sha256: &crate::auth::hash_key(&key),
+            expires_at,
+        },
     )
     .await
     .map_err(|e| e.to_string())?;
@@ -356,7 +453,7 @@ pub async fn create_key(
 
 #[tool_router(router = keys_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Create an API key for your team (role at most your own). The key is in `api_key_shown_once` and never shown again.
+    /// Create an API key of your team (admins: viewer/member only). Shown once in `api_key_shown_once`.
     #[tool(
         name = "key_create",
         title = "Create API key",
@@ -379,12 +476,20 @@ impl CodebServer {
                 crate::model::describe_input(&p.role)
             )
         })?;
-        if role > caller.role {
-            return Err(format!(
-                "a {} cannot create a {role} key; ask an owner of team {}",
-                caller.role, caller.team
-            ));
+        if !may_mint(caller.role, role) {
+            return Err(if role >= Role::Admin && caller.role >= Role::Admin {
+                format!(
+                    "an admin cannot create {role} keys: only an owner does (a second admin must be a second person, and owners decide who that is); ask an owner of team {}",
+                    caller.team
+                )
+            } else {
+                format!(
+                    "a {} cannot create a {role} key; ask an owner of team {}",
+                    caller.role, caller.team
+                )
+            });
         }
+        let principal = p.principal.unwrap_or_else(|| caller.holder.clone());
         let pool = self
             .ctx()
             .db
@@ -392,12 +497,24 @@ impl CodebServer {
             .await
             .map_err(|e| format!("{e}; check health_check"))?;
         let label = p.label.unwrap_or_default();
-        let (key, row) = create_key(pool, &caller.team, role, &label, p.expires_in_days).await?;
-        tracing::info!(key_id = %row.id, team = %row.team_id, role = %row.role, by = %caller.principal, "api key created");
+        let (key, row) = create_key(
+            pool,
+            &KeySpec {
+                team: &caller.team,
+                role,
+                principal: &principal,
+                label: &label,
+                expires_in_days: p.expires_in_days,
+                created_by: caller.key_id,
+                created_by_principal: &caller.holder,
+            },
+        )
+        .await?;
+        tracing::info!(key_id = %row.id, team = %row.team_id, role = %row.role, principal = %row.principal, by = %caller.principal, "api key created");
         Ok(Json(KeyCreateResult {
             summary: format!(
-                "created {role} key {} for team {}; store api_key_shown_once now, it is not shown again",
-                row.id, row.team_id
+                "created {role} key {} of principal {} for team {}; store api_key_shown_once now, it is not shown again",
+                row.id, row.principal, row.team_id
             ),
             api_key_shown_once: key,
             key: key_info(&row),
@@ -436,7 +553,7 @@ impl CodebServer {
         }))
     }
 
-    /// Revoke one of your team's API keys by id; refused at once by this server, within 30 s by others.
+    /// Revoke your team's key by id (admins: not others' admin/owner keys); here at once, elsewhere within 30 s.
     #[tool(
         name = "key_revoke",
         title = "Revoke API key",
@@ -466,6 +583,16 @@ impl CodebServer {
             .pool()
             .await
             .map_err(|e| format!("{e}; check health_check"))?;
+        let key = api_keys::api_key_get(pool, id, Some(&caller.team))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(not_found)?;
+        if !may_revoke(&caller, &key) {
+            return Err(format!(
+                "an admin cannot revoke key {id}: it is an {} key of another principal ({}); only an owner of team {} revokes other people's admin and owner keys",
+                key.role, key.principal, caller.team
+            ));
+        }
         let row = api_keys::api_key_revoke(pool, id, Some(&caller.team))
             .await
             .map_err(|e| e.to_string())?
@@ -476,5 +603,90 @@ impl CodebServer {
             summary: format!("revoked key {id} ({} of team {})", row.role, row.team_id),
             key: key_info(&row),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(role: &str, principal: &str) -> api_keys::ApiKeyRow {
+        api_keys::ApiKeyRow {
+            id: uuid::Uuid::new_v4(),
+            team_id: "acme".into(),
+            role: role.into(),
+            label: String::new(),
+            principal: principal.into(),
+            created_by: None,
+            created_by_principal: None,
+            created_at: chrono::Utc::now(),
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        }
+    }
+
+    fn caller(role: Role, holder: &str) -> Caller {
+        Caller {
+            principal: "key:x".into(),
+            holder: holder.into(),
+            team: "acme".into(),
+            role,
+            key_id: Some(uuid::Uuid::new_v4()),
+        }
+    }
+
+    #[test]
+    fn only_owners_mint_admins_and_admins_revoke_only_lesser_or_their_own_keys() {
+        use Role::{Admin, Member, Owner, Viewer};
+        for (by, role, ok) in [
+            (Admin, Viewer, true),
+            (Admin, Member, true),
+            (Admin, Admin, false),
+            (Admin, Owner, false),
+            (Owner, Admin, true),
+            (Owner, Owner, true),
+            (Member, Viewer, false),
+        ] {
+            assert_eq!(may_mint(by, role), ok, "{by} mints {role}");
+        }
+        let alice = caller(Admin, "alice");
+        assert!(may_revoke(&alice, &key("member", "bob")));
+        assert!(may_revoke(&alice, &key("admin", "alice")));
+        assert!(!may_revoke(&alice, &key("admin", "bob")));
+        assert!(!may_revoke(&alice, &key("owner", "olga")));
+        assert!(may_revoke(&caller(Owner, "olga"), &key("admin", "bob")));
+        // `legacy` is everyone from before principals: no proof of "own".
+        let legacy = caller(Admin, LEGACY_PRINCIPAL);
+        assert!(!may_revoke(&legacy, &key("admin", LEGACY_PRINCIPAL)));
+        assert!(may_revoke(&legacy, &key("viewer", LEGACY_PRINCIPAL)));
+    }
+
+    #[test]
+    fn principals_are_one_lowercase_name() {
+        for ok in [
+            "alice",
+            "alice@example.com",
+            "ci-deploy",
+            "a",
+            "bob.smith+ops",
+            "0x",
+        ] {
+            assert!(validate_principal(ok).is_ok(), "{ok}");
+        }
+        let long = "a".repeat(65);
+        for bad in [
+            "",
+            "Alice",
+            "a b",
+            "-x",
+            ".x",
+            "legacy",
+            "a\nb",
+            "$(id)",
+            long.as_str(),
+        ] {
+            assert!(validate_principal(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -123,7 +123,10 @@ impl CodebServer {
 
     /// Shares the tool router of another instance (per-session construction).
     pub fn with_router(ctx: Arc<Ctx>, tools: Arc<ToolRouter<CodebServer>>) -> Self {
-        let verifier = Arc::new(KeyVerifier::new(ctx.db.clone()));
+        let verifier = Arc::new(KeyVerifier::new(
+            ctx.db.clone(),
+            ctx.config.auth.unknown_key_lookups_per_minute,
+        ));
         Self {
             ctx,
             tools,
@@ -226,6 +229,7 @@ impl CodebServer {
             .or_else(|| self.default_caller.as_deref().cloned())
             .unwrap_or_else(|| Caller {
                 principal: "unauthenticated".into(),
+                holder: "unauthenticated".into(),
                 team: String::new(),
                 role: crate::model::Role::Viewer,
                 key_id: None,
@@ -460,6 +464,7 @@ impl ServerHandler for CodebServer {
         // request path.
         let audit_caller = self.request_caller(&context).unwrap_or_else(|| Caller {
             principal: "unauthenticated".into(),
+            holder: "unauthenticated".into(),
             team: String::new(),
             role: crate::model::Role::Viewer,
             key_id: None,

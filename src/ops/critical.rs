@@ -7,6 +7,8 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::model::Environment;
+
 /// A dry-run plan of a critical operation, computed from the live state.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CriticalPlan {
@@ -14,6 +16,15 @@ pub struct CriticalPlan {
     pub tool: &'static str,
     /// The project it acts on (team scoping, approval listing).
     pub project: String,
+    /// The project's row id: a project deleted and created again under the
+    /// same name is another project, and no confirmation carries over.
+    pub project_id: i64,
+    /// The project's team.
+    pub team: String,
+    /// The environments whose contents it changes or removes (the
+    /// confirmation policy, `auth.approval_required`, is per environment);
+    /// derived from `details`.
+    pub environments: Vec<Environment>,
     /// One or two sentences for humans: what will be removed or replaced.
     pub summary: String,
     /// Everything the operation will touch, as observed now: deterministic
@@ -23,11 +34,16 @@ pub struct CriticalPlan {
 }
 
 impl CriticalPlan {
-    /// SHA-256 (hex) over tool, project and details.
+    /// SHA-256 (hex) over tool, project (name, id and team), environments
+    /// and details: a confirmation binds to this project of this team in
+    /// this state, and cannot transfer to a namesake.
     pub fn hash(&self) -> String {
         let canonical = serde_json::json!({
             "tool": self.tool,
             "project": self.project,
+            "project_id": self.project_id,
+            "team": self.team,
+            "environments": self.environments,
             "details": self.details,
         });
         // serde_json's Map is a BTreeMap here (no preserve_order), so the
@@ -55,6 +71,9 @@ mod tests {
         let plan = |details: serde_json::Value| CriticalPlan {
             tool: "project_delete",
             project: "shop".into(),
+            project_id: 7,
+            team: "acme".into(),
+            environments: vec![Environment::Production],
             summary: "s".into(),
             details,
         };
@@ -69,6 +88,17 @@ mod tests {
         let mut other = a.clone();
         other.project = "shop2".into();
         assert_ne!(a.hash(), other.hash());
+        // The same name deleted and created again, or of another team: a
+        // confirmation of the old one does not apply.
+        let mut recreated = a.clone();
+        recreated.project_id = 8;
+        assert_ne!(a.hash(), recreated.hash());
+        let mut other_team = a.clone();
+        other_team.team = "umbrella".into();
+        assert_ne!(a.hash(), other_team.hash());
+        let mut staging = a.clone();
+        staging.environments = vec![Environment::Staging];
+        assert_ne!(a.hash(), staging.hash());
         let mut summary_only = a.clone();
         summary_only.summary = "different words".into();
         assert_eq!(

@@ -48,24 +48,26 @@ struct Observed {
     delete_aaaa: bool,
 }
 
-/// The normalised domain, the environment it routes to and its kind, from
-/// codeb's records alone (no PowerDNS call).
-async fn locate(
-    ctx: &Ctx,
-    project: &str,
-    domain: &str,
-) -> Result<(String, Environment, String), OpError> {
+/// Where a domain is, from codeb's records alone (no PowerDNS call).
+struct Located {
+    domain: String,
+    environment: Environment,
+    kind: String,
+    project_id: i64,
+    team: String,
+}
+
+/// The normalised domain, the environment it routes to and its kind, and
+/// the project's id and team.
+async fn locate(ctx: &Ctx, project: &str, domain: &str) -> Result<Located, OpError> {
     validate_project_name(project).map_err(|e| OpError::Invalid(e.0))?;
     let domain = normalize_domain(domain, false).map_err(|e| OpError::Invalid(e.0))?;
     let pool = ctx.db.pool().await?;
     // A missing project answers like another team's (the access check's
     // words), so the answer never tells whether a name exists.
-    if crate::state::api_keys::project_team(pool, project)
+    let live = crate::state::projects::project_by_name(pool, project)
         .await?
-        .is_none()
-    {
-        return Err(OpError::NotFound(project.to_string()));
-    }
+        .ok_or_else(|| OpError::NotFound(project.to_string()))?;
     let not_found = || {
         OpError::Refused(format!(
             "domain {domain} is not set up for project {project}; domain_list shows its domains"
@@ -76,11 +78,23 @@ async fn locate(
         .filter(|r| r.project == project)
         .ok_or_else(not_found)?;
     let environment = Environment::parse(&row.environment).ok_or_else(not_found)?;
-    Ok((domain, environment, row.kind))
+    Ok(Located {
+        domain,
+        environment,
+        kind: row.kind,
+        project_id: live.id,
+        team: live.team_id,
+    })
 }
 
 async fn observe(ctx: &Ctx, project: &str, domain: &str) -> Result<Observed, OpError> {
-    let (domain, environment, kind) = locate(ctx, project, domain).await?;
+    let Located {
+        domain,
+        environment,
+        kind,
+        project_id,
+        team,
+    } = locate(ctx, project, domain).await?;
     let route_zone = ctx.config.routing.route_zone.clone();
     let route_name = route_rrset_name(&domain, &route_zone);
     let (zone, a, aaaa, srv) = {
@@ -153,6 +167,9 @@ async fn observe(ctx: &Ctx, project: &str, domain: &str) -> Result<Observed, OpE
         plan: CriticalPlan {
             tool: "domain_delete",
             project: project.to_string(),
+            project_id,
+            team,
+            environments: vec![environment],
             summary,
             details,
         },
@@ -182,7 +199,7 @@ pub async fn domain_delete(
     caller: &Caller,
     progress: ProgressTx,
 ) -> Result<DomainDeleteOutcome, OpError> {
-    let (_, environment, _) = locate(ctx, project, domain).await?;
+    let environment = locate(ctx, project, domain).await?.environment;
     let mut op = begin_op(
         ctx,
         "domain_delete",

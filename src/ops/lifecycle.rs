@@ -129,8 +129,13 @@ pub type ProgressTx = mpsc::UnboundedSender<Progress>;
 /// Who asks: recorded with every operation, checked by access control.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    /// Principal name (key label or `local`).
+    /// How records name this caller: `key:{id}` for an API key, `local`
+    /// for the operator at the codeb machine.
     pub principal: String,
+    /// The principal (DESIGN §6) it acts for: the person or CI system its
+    /// key belongs to (`local` for the operator at the codeb machine). Two
+    /// callers with one holder are one person for the two-person rule.
+    pub holder: String,
     /// The caller's team.
     pub team: String,
     /// The caller's role.
@@ -139,12 +144,17 @@ pub struct Caller {
     pub key_id: Option<Uuid>,
 }
 
+/// The principal of the operator at the codeb machine: stdio callers
+/// without `CODEB_API_KEY`, and the default of `codeb key create`.
+pub const LOCAL_PRINCIPAL: &str = "local";
+
 impl Caller {
     /// The operator on the machine itself (stdio, CLI): owner of the
     /// default team (DESIGN §6).
     pub fn local_owner() -> Self {
         Self {
-            principal: "local".into(),
+            principal: LOCAL_PRINCIPAL.into(),
+            holder: LOCAL_PRINCIPAL.into(),
             team: "default".into(),
             role: crate::model::Role::Owner,
             key_id: None,

@@ -22,7 +22,7 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{validate_project_name, Environment, ServerRole, SlotName};
+use crate::model::{validate_project_name, Environment, ServerRole, SlotName, StorageNames};
 use crate::ops::critical::{stale_plan_message, CriticalPlan};
 use crate::ops::lifecycle::{begin_op, patch_routes, Caller, OpError, OpHandle, ProgressTx};
 use crate::ops::pdns::with_pdns;
@@ -119,6 +119,7 @@ async fn plan_typed(ctx: &Ctx, project: &str) -> Result<Planned, OpError> {
     let versions = state::project_removal::latest_env_versions(pool, row.id).await?;
     let domains = state::project_removal::project_domains(pool, row.id).await?;
     let backups_kept = state::project_removal::succeeded_backups(pool, row.id).await?;
+    let with_data = databases_with_data(ctx, project, &row.environments).await?;
     let environments = row
         .environments
         .iter()
@@ -145,6 +146,7 @@ async fn plan_typed(ctx: &Ctx, project: &str) -> Result<Planned, OpError> {
                     .filter(|(_, e, _)| e == env)
                     .map(|(h, _, k)| (h.clone(), k.clone()))
                     .collect(),
+                database_has_data: with_data.contains(&environment),
             })
         })
         .collect();
@@ -157,9 +159,31 @@ async fn plan_typed(ctx: &Ctx, project: &str) -> Result<Planned, OpError> {
     let (summary, details) =
         plan::plan_project_delete(&observed, &routing.base_domain, &routing.preview_domain)
             .map_err(|e| OpError::Invalid(e.0))?;
+    // Seeds' protection rule: no database with data goes without a recent
+    // verified backup of it.
+    let max_hours = ctx.config.auth.delete_backup_max_age_hours;
+    let latest: Vec<(Environment, chrono::DateTime<chrono::Utc>)> =
+        state::backups::latest_verified_backups(pool, row.id)
+            .await?
+            .into_iter()
+            .filter_map(|(e, at)| Some((Environment::parse(&e)?, at)))
+            .collect();
+    let missing = details.environments_missing_backup(
+        &latest,
+        chrono::Utc::now(),
+        chrono::Duration::hours(i64::from(max_hours)),
+    );
+    if !missing.is_empty() {
+        return Err(OpError::Refused(plan::missing_backup_message(
+            project, &missing, max_hours,
+        )));
+    }
     let plan = CriticalPlan {
         tool: TOOL,
         project: project.to_string(),
+        project_id: row.id,
+        team: row.team_id.clone(),
+        environments: details.environments_holding_something(),
         summary,
         details: details.to_value(),
     };
@@ -168,6 +192,54 @@ async fn plan_typed(ctx: &Ctx, project: &str) -> Result<Planned, OpError> {
         details,
         plan,
     })
+}
+
+/// The environments of `project` (of those recorded) whose database holds
+/// data, asked of the storage server (`plan::databases_with_data`). A
+/// failure refuses the plan: without knowing, nothing can be deleted safely.
+async fn databases_with_data(
+    ctx: &Ctx,
+    project: &str,
+    recorded: &[(String, i32)],
+) -> Result<Vec<Environment>, OpError> {
+    let names: Vec<(Environment, String)> = recorded
+        .iter()
+        .filter_map(|(e, _)| Environment::parse(e))
+        .map(|e| {
+            StorageNames::new(project, e)
+                .map(|n| (e, n.pg))
+                .map_err(|e| OpError::Invalid(e.0))
+        })
+        .collect::<Result<_, _>>()?;
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (server, remote) = ctx
+        .fleet
+        .for_role(ServerRole::Storage)
+        .map(|(s, r)| (s.name.clone(), r.clone()))
+        .ok_or_else(|| OpError::Refused("no storage server is configured".into()))?;
+    let databases: Vec<String> = names.iter().map(|(_, d)| d.clone()).collect();
+    let cmd = plan::databases_with_data(&ctx.config.storage, &databases)
+        .map_err(|e| OpError::Invalid(e.0))?;
+    let cannot = |why: String| {
+        OpError::Refused(format!(
+            "project_delete of {project} needs to know whether its databases hold data (they \
+             must be backed up first), but asking {server} failed: {why}. Nothing was changed; \
+             check health_check and try again"
+        ))
+    };
+    let out = remote.run(&cmd).await.map_err(|e| cannot(e.to_string()))?;
+    if !out.success() {
+        return Err(cannot(redact::redact(&out.stderr_tail())));
+    }
+    let listed = plan::parse_databases_with_data(&out.stdout_text())
+        .ok_or_else(|| cannot("its answer could not be read".into()))?;
+    Ok(names
+        .into_iter()
+        .filter(|(_, d)| listed.iter().any(|(n, data)| n == d && *data))
+        .map(|(e, _)| e)
+        .collect())
 }
 
 /// The plan of deleting `project`, from its live rows: per environment

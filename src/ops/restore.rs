@@ -92,13 +92,14 @@ struct Planned {
     plan: CriticalPlan,
 }
 
-/// A backup of `project` by id; NotFound for a missing project, a refusal
-/// naming the backup for a missing one (also for another project's).
+/// A backup of `project` by id, with the project's id and team; NotFound
+/// for a missing project, a refusal naming the backup for a missing one
+/// (also for another project's).
 async fn backup_of(
     ctx: &Ctx,
     project: &str,
     backup_id: Uuid,
-) -> Result<(i64, state::backups::BackupRow), OpError> {
+) -> Result<(i64, String, state::backups::BackupRow), OpError> {
     validate_project_name(project).map_err(|e| OpError::Invalid(e.0))?;
     let pool = ctx.db.pool().await?;
     let live = state::projects::project_by_name(pool, project)
@@ -117,11 +118,11 @@ async fn backup_of(
     let b = state::backups::backup_by_id(pool, backup_id)
         .await?
         .ok_or_else(missing)?;
-    Ok((live.id, b))
+    Ok((live.id, live.team_id, b))
 }
 
 async fn plan_typed(ctx: &Ctx, project: &str, backup_id: Uuid) -> Result<Planned, OpError> {
-    let (project_id, b) = backup_of(ctx, project, backup_id).await?;
+    let (project_id, team, b) = backup_of(ctx, project, backup_id).await?;
     let (Some(size), Some(sha256)) = (b.size_bytes, b.sha256.clone()) else {
         return Err(OpError::Refused(format!(
             "backup {backup_id} of {project} is {} and has no verified file; only a succeeded \
@@ -215,6 +216,9 @@ async fn plan_typed(ctx: &Ctx, project: &str, backup_id: Uuid) -> Result<Planned
         plan: CriticalPlan {
             tool: TOOL,
             project: project.to_string(),
+            project_id,
+            team,
+            environments: vec![environment],
             summary,
             details,
         },
@@ -267,7 +271,7 @@ pub async fn backup_restore(
     caller: &Caller,
     progress: ProgressTx,
 ) -> Result<RestoreOutcome, OpError> {
-    let environment = Environment::parse(&backup_of(ctx, project, backup_id).await?.1.environment)
+    let environment = Environment::parse(&backup_of(ctx, project, backup_id).await?.2.environment)
         .ok_or_else(|| OpError::Refused(format!("backup {backup_id} has no known environment")))?;
     let mut op = begin_op(
         ctx,

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -70,6 +71,8 @@ pub struct ObservedEnvironment {
     pub latest_env_version: Option<i32>,
     /// Domains routed to it: (host name, kind from the domains table).
     pub domains: Vec<(String, String)>,
+    /// Whether its PostgreSQL database holds data (`databases_with_data`).
+    pub database_has_data: bool,
 }
 
 /// The project as recorded in the database.
@@ -136,6 +139,23 @@ pub struct EnvironmentDetails {
     pub hostnames: Vec<HostDetails>,
     /// Its storage.
     pub storage: StorageDetails,
+    /// Whether its database holds data (a table, index or sequence with
+    /// content): then a recent verified backup must exist.
+    pub database_has_data: bool,
+}
+
+impl EnvironmentDetails {
+    /// Whether deleting removes something of this environment beyond what
+    /// `project_create` made: a deployed slot, a domain, or data in its
+    /// database. Those environments decide the confirmation policy.
+    pub fn holds_something(&self) -> bool {
+        self.slots.iter().any(|s| s.state != "empty")
+            || self
+                .hostnames
+                .iter()
+                .any(|h| h.kind == "managed" || h.kind == "custom")
+            || self.database_has_data
+    }
 }
 
 /// What a project deletion removes, as confirmed: deterministic (fixed
@@ -213,6 +233,7 @@ pub fn plan_project_delete(
                 redis_user: names.redis_user,
                 redis_prefix: names.redis_prefix,
             },
+            database_has_data: o.database_has_data,
         });
     }
     let running = environments
@@ -224,12 +245,22 @@ pub fn plan_project_delete(
         .iter()
         .map(|e| e.hostnames.len())
         .sum::<usize>();
+    let with_data: Vec<&str> = environments
+        .iter()
+        .filter(|e| e.database_has_data)
+        .map(|e| e.environment.as_str())
+        .collect();
     let summary = format!(
         "Delete project {p} for good: {running} deployed slot(s) and their containers, \
          the routes of {hosts} host name(s), its env variables and env files, and the \
-         PostgreSQL databases, roles, Redis users and Redis keys of all {} environments. \
-         Its {} backup(s) and the deployment history are kept.",
+         PostgreSQL databases, roles, Redis users and Redis keys of all {} environments \
+         (databases holding data: {}). Its {} backup(s) and the deployment history are kept.",
         environments.len(),
+        if with_data.is_empty() {
+            "none".to_string()
+        } else {
+            with_data.join(", ")
+        },
         observed.backups_kept
     );
     Ok((
@@ -239,6 +270,152 @@ pub fn plan_project_delete(
             backups_kept: observed.backups_kept,
         },
     ))
+}
+
+impl ProjectDeleteDetails {
+    /// The environments that hold something (`holds_something`), in
+    /// `Environment::ALL` order.
+    pub fn environments_holding_something(&self) -> Vec<Environment> {
+        self.environments
+            .iter()
+            .filter(|e| e.holds_something())
+            .map(|e| e.environment)
+            .collect()
+    }
+
+    /// The environments whose database holds data but has no verified
+    /// backup finished within `max_age` before `now`; `latest` is the last
+    /// verified backup's finish time per environment. None when
+    /// `max_age` is zero (the check is off).
+    pub fn environments_missing_backup(
+        &self,
+        latest: &[(Environment, DateTime<Utc>)],
+        now: DateTime<Utc>,
+        max_age: chrono::Duration,
+    ) -> Vec<Environment> {
+        if max_age <= chrono::Duration::zero() {
+            return Vec::new();
+        }
+        self.environments
+            .iter()
+            .filter(|e| e.database_has_data)
+            .filter(|e| {
+                !latest
+                    .iter()
+                    .any(|(env, at)| *env == e.environment && now - *at <= max_age)
+            })
+            .map(|e| e.environment)
+            .collect()
+    }
+}
+
+/// Why project_delete is refused without recent backups, with the exact
+/// `backup_create` calls that fix it.
+pub fn missing_backup_message(
+    project: &str,
+    missing: &[Environment],
+    max_age_hours: u32,
+) -> String {
+    let calls: Vec<String> = missing
+        .iter()
+        .map(|e| format!("backup_create {{\"project\": \"{project}\", \"environment\": \"{e}\"}}"))
+        .collect();
+    let names: Vec<&str> = missing.iter().map(|e| e.as_str()).collect();
+    format!(
+        "project_delete of {project} refused: the {} database(s) hold data and have no verified \
+         backup younger than {max_age_hours} h (auth.delete_backup_max_age_hours). Nothing was \
+         changed. Take one first — {} — then call project_delete again",
+        names.join(", "),
+        calls.join(", then ")
+    )
+}
+
+/// PostgreSQL's first OID (and file node) for objects made after initdb:
+/// files of relations users made are named from here up.
+pub const FIRST_USER_FILENODE: u32 = 16384;
+
+/// Which of `databases` hold data, asked of the cluster from the
+/// maintenance database `postgres` (tenants cannot create objects there)
+/// with `search_path = pg_catalog` and qualified names — nothing runs in
+/// the tenants' databases. A database holds data when its directory has a
+/// non-empty file of a relation made after initdb (file node ≥ 16384:
+/// tables with rows, indexes, sequences; an empty table without indexes
+/// does not count), or when it lives outside the default tablespace (then
+/// it is assumed to). Rewriting a catalogue (VACUUM FULL) also counts:
+/// the check errs on the side of asking for a backup. Output: one line
+/// `name|t` or `name|f` per existing database (`parse_databases_with_data`).
+pub fn databases_with_data(
+    storage: &crate::config::StorageConfig,
+    databases: &[String],
+) -> Result<RemoteCmd, Invalid> {
+    for d in databases {
+        crate::plan::backup::validate_database_name(d)?;
+    }
+    // Validated names are [a-z0-9_] only: safe inside a literal.
+    let list = databases
+        .iter()
+        .map(|d| format!("'{d}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let list = if list.is_empty() {
+        "NULL".to_string()
+    } else {
+        list
+    };
+    let sql = format!(
+        "SELECT d.datname, \
+           d.dattablespace OPERATOR(pg_catalog.<>) (SELECT t.oid FROM pg_catalog.pg_tablespace t \
+             WHERE t.spcname OPERATOR(pg_catalog.=) 'pg_default') \
+           OR COALESCE((SELECT pg_catalog.sum((pg_catalog.pg_stat_file(\
+               'base/' OPERATOR(pg_catalog.||) d.oid::pg_catalog.text OPERATOR(pg_catalog.||) '/' \
+               OPERATOR(pg_catalog.||) f, true)).size) \
+             FROM pg_catalog.pg_ls_dir('base/' OPERATOR(pg_catalog.||) d.oid::pg_catalog.text, true, false) AS f \
+             WHERE f OPERATOR(pg_catalog.~) '^[0-9]+' \
+               AND pg_catalog.substring(f, '^[0-9]+')::pg_catalog.int8 OPERATOR(pg_catalog.>=) {FIRST_USER_FILENODE}), 0) \
+             OPERATOR(pg_catalog.>) 0 \
+         FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) ANY (ARRAY[{list}]::pg_catalog.text[]) \
+         ORDER BY 1"
+    );
+    Ok(crate::plan::backup::as_pg_user(storage, "psql")
+        .args([
+            "--no-psqlrc",
+            "--no-password",
+            "--quiet",
+            "--tuples-only",
+            "--no-align",
+            "--set=ON_ERROR_STOP=1",
+        ])
+        .arg(format!("--host={}", storage.pg_socket_dir))
+        .arg(format!("--port={}", storage.postgres_port))
+        .arg(format!("--dbname={MAINTENANCE_DATABASE}"))
+        .arg("--command=SET search_path = pg_catalog")
+        .arg(format!("--command={sql}"))
+        .timeout(DATA_CHECK_TIMEOUT))
+}
+
+/// The database codeb's catalogue queries connect to.
+pub const MAINTENANCE_DATABASE: &str = "postgres";
+/// Time limit of `databases_with_data`.
+pub const DATA_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Reads `databases_with_data` output: database name → holds data. None
+/// when a line is not `name|t` or `name|f`.
+pub fn parse_databases_with_data(output: &str) -> Option<Vec<(String, bool)>> {
+    output
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (name, flag) = l.split_once('|')?;
+            let flag = match flag {
+                "t" => true,
+                "f" => false,
+                _ => return None,
+            };
+            crate::plan::backup::validate_database_name(name).ok()?;
+            Some((name.to_string(), flag))
+        })
+        .collect()
 }
 
 /// `{project}-{environment}-{slot}` (DESIGN §2).
@@ -404,6 +581,7 @@ mod tests {
                         ("www.shop.example.test".into(), "managed".into()),
                         ("a.other.test".into(), "custom".into()),
                     ],
+                    database_has_data: true,
                 },
                 ObservedEnvironment {
                     environment: Environment::Production,
@@ -411,6 +589,7 @@ mod tests {
                     slots: vec![],
                     latest_env_version: Some(1),
                     domains: vec![],
+                    database_has_data: false,
                 },
             ],
             backups_kept: 2,
@@ -423,6 +602,10 @@ mod tests {
             plan_project_delete(&observed(), "codeb.test", "preview.codeb.test").expect("plans");
         assert!(summary.contains("1 deployed slot"), "{summary}");
         assert!(summary.contains("2 backup(s)"), "{summary}");
+        assert!(
+            summary.contains("databases holding data: staging"),
+            "{summary}"
+        );
         let v = d.to_value();
         assert_eq!(
             v,
@@ -440,6 +623,7 @@ mod tests {
                         "hostnames": [{"hostname": "shop.codeb.test", "kind": "env"}],
                         "storage": {"database": "shop_production", "role": "shop_production",
                                     "redis_user": "shop-production", "redis_prefix": "shop:production:"},
+                        "database_has_data": false,
                     },
                     {
                         "environment": "staging",
@@ -458,6 +642,7 @@ mod tests {
                         ],
                         "storage": {"database": "shop_staging", "role": "shop_staging",
                                     "redis_user": "shop-staging", "redis_prefix": "shop:staging:"},
+                        "database_has_data": true,
                     },
                 ],
             })
@@ -490,6 +675,97 @@ mod tests {
         let mut bad = observed();
         bad.project = "-rf".into();
         assert!(plan_project_delete(&bad, "codeb.test", "preview.codeb.test").is_err());
+    }
+
+    #[test]
+    fn only_environments_holding_something_count_and_data_needs_a_fresh_backup() {
+        let (_, d) = plan_project_delete(&observed(), "codeb.test", "preview.codeb.test").unwrap();
+        // Staging runs a slot, has domains and data; production is as
+        // project_create made it.
+        assert_eq!(
+            d.environments_holding_something(),
+            vec![Environment::Staging]
+        );
+        let mut o = observed();
+        o.environments[1].database_has_data = true;
+        let (_, with_prod_data) =
+            plan_project_delete(&o, "codeb.test", "preview.codeb.test").unwrap();
+        assert_eq!(
+            with_prod_data.environments_holding_something(),
+            vec![Environment::Production, Environment::Staging]
+        );
+        let now = chrono::DateTime::parse_from_rfc3339("2026-05-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let day = chrono::Duration::hours(24);
+        let hours_ago = |h: i64| now - chrono::Duration::hours(h);
+        // No backup at all: staging (the one with data) is missing.
+        assert_eq!(
+            d.environments_missing_backup(&[], now, day),
+            vec![Environment::Staging]
+        );
+        // A fresh one of staging; one of production does not count for it.
+        assert!(d
+            .environments_missing_backup(&[(Environment::Staging, hours_ago(23))], now, day)
+            .is_empty());
+        assert_eq!(
+            d.environments_missing_backup(&[(Environment::Production, hours_ago(1))], now, day),
+            vec![Environment::Staging]
+        );
+        // Too old.
+        assert_eq!(
+            d.environments_missing_backup(&[(Environment::Staging, hours_ago(25))], now, day),
+            vec![Environment::Staging]
+        );
+        // 0 turns the check off.
+        assert!(d
+            .environments_missing_backup(&[], now, chrono::Duration::zero())
+            .is_empty());
+        let msg = missing_backup_message("shop", &[Environment::Staging], 24);
+        assert!(
+            msg.contains(r#"backup_create {"project": "shop", "environment": "staging"}"#),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("24 h") && msg.contains("Nothing was changed"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_data_check_is_one_catalogue_query_outside_the_tenant_databases() {
+        let storage = crate::config::StorageConfig::default();
+        let cmd = databases_with_data(
+            &storage,
+            &["shop_production".to_string(), "shop_staging".to_string()],
+        )
+        .unwrap();
+        let argv = cmd.argv();
+        assert_eq!(&argv[..4], ["runuser", "-u", "postgres", "--"]);
+        assert!(argv.contains(&"--dbname=postgres".to_string()), "{argv:?}");
+        assert!(argv.contains(&"--command=SET search_path = pg_catalog".to_string()));
+        let sql = argv.last().unwrap();
+        assert!(
+            sql.contains("ARRAY['shop_production', 'shop_staging']"),
+            "{sql}"
+        );
+        // Nothing but validated names reaches the SQL.
+        for bad in ["x'; DROP DATABASE codeb; --", "Shop", "", "-d"] {
+            assert!(
+                databases_with_data(&storage, &[bad.to_string()]).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_databases_with_data("shop_production|f\nshop_staging|t\n"),
+            Some(vec![
+                ("shop_production".to_string(), false),
+                ("shop_staging".to_string(), true)
+            ])
+        );
+        assert_eq!(parse_databases_with_data(""), Some(vec![]));
+        assert_eq!(parse_databases_with_data("shop|maybe"), None);
+        assert_eq!(parse_databases_with_data("could not connect"), None);
     }
 
     #[test]

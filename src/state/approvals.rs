@@ -26,6 +26,9 @@ pub struct ApprovalRow {
     pub tool: String,
     /// Its project.
     pub project: String,
+    /// The project's row id when requested (None: requested before
+    /// migration 0009). A namesake made later has another id.
+    pub project_id: Option<i64>,
     /// The tool's arguments (validated when requested; no secrets).
     pub arguments: serde_json::Value,
     /// Hash of the plan it confirms.
@@ -36,12 +39,16 @@ pub struct ApprovalRow {
     pub plan: serde_json::Value,
     /// Requesting key (None: the local operator).
     pub requested_by: Option<Uuid>,
-    /// Requesting principal.
+    /// How records name the requester (`key:{id}` or `local`).
     pub requested_principal: String,
+    /// The principal (person or CI system) who asked.
+    pub requester: String,
     /// Approving key.
     pub approved_by: Option<Uuid>,
-    /// Approving principal.
+    /// How records name the approver.
     pub approved_principal: Option<String>,
+    /// The principal who approved (another than `requester` for an approval).
+    pub approver: Option<String>,
     /// pending, approved, executed, failed, refused, expired, declined.
     pub status: String,
     /// When requested.
@@ -70,6 +77,8 @@ pub struct NewApproval<'a> {
     pub tool: &'a str,
     /// Project.
     pub project: &'a str,
+    /// The project's row id.
+    pub project_id: i64,
     /// Arguments.
     pub arguments: &'a serde_json::Value,
     /// Plan hash.
@@ -80,25 +89,29 @@ pub struct NewApproval<'a> {
     pub plan: &'a serde_json::Value,
     /// Requesting key.
     pub requested_by: Option<Uuid>,
-    /// Requesting principal.
+    /// How records name the requester.
     pub requested_principal: &'a str,
+    /// The principal who asks.
+    pub requester: &'a str,
     /// Lifetime.
     pub ttl: std::time::Duration,
 }
 
 /// The columns of `ApprovalRow`, for SELECT and RETURNING alike.
-const COLUMNS: &str = "id, kind, team_id, tool, project, arguments, plan_hash, summary, plan,
-        requested_by, requested_principal, approved_by, approved_principal, status,
-        created_at, expires_at, decided_at, executed_at, error, result";
+const COLUMNS: &str = "id, kind, team_id, tool, project, project_id, arguments, plan_hash,
+        summary, plan, requested_by, requested_principal, requester, approved_by,
+        approved_principal, approver, status, created_at, expires_at, decided_at, executed_at,
+        error, result";
 
 /// Records a pending request; returns it as stored.
 pub async fn approval_insert(pool: &PgPool, a: &NewApproval<'_>) -> Result<ApprovalRow, DbError> {
     let ttl_ms = i64::try_from(a.ttl.as_millis()).unwrap_or(i64::MAX);
     Ok(sqlx::query_as(&format!(
-        "INSERT INTO approvals (id, kind, team_id, tool, project, arguments, plan_hash, summary,
-                                plan, requested_by, requested_principal, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-                 now() + make_interval(secs => $12::double precision / 1000))
+        "INSERT INTO approvals (id, kind, team_id, tool, project, project_id, arguments,
+                                plan_hash, summary, plan, requested_by, requested_principal,
+                                requester, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                 now() + make_interval(secs => $14::double precision / 1000))
          RETURNING {COLUMNS}"
     ))
     .bind(a.id)
@@ -106,12 +119,14 @@ pub async fn approval_insert(pool: &PgPool, a: &NewApproval<'_>) -> Result<Appro
     .bind(a.team)
     .bind(a.tool)
     .bind(a.project)
+    .bind(a.project_id)
     .bind(a.arguments)
     .bind(a.plan_hash)
     .bind(a.summary)
     .bind(a.plan)
     .bind(a.requested_by)
     .bind(a.requested_principal)
+    .bind(a.requester)
     .bind(ttl_ms as f64)
     .fetch_one(pool)
     .await?)
@@ -132,28 +147,56 @@ pub async fn approval_get(
     .await?)
 }
 
+/// Who decides a request.
+pub struct Decider<'a> {
+    /// The deciding key (None: the local operator, or the requester's own
+    /// client for a confirmation).
+    pub key: Option<Uuid>,
+    /// How records name the decider.
+    pub recorded_as: &'a str,
+    /// The principal (person or CI system) deciding.
+    pub principal: &'a str,
+}
+
 /// Takes a pending, unexpired request out of `pending` into `approved`,
 /// recording who decided. Returns None when it was not pending any more
-/// (used, expired, or taken by a concurrent call): single use.
+/// (used, expired, or taken by a concurrent call): single use. For an
+/// approval the database refuses a decider of the requesting principal
+/// (constraint `approvals_second_principal`).
 pub async fn approval_claim(
     pool: &PgPool,
     id: Uuid,
     kind: &str,
-    approved_by: Option<Uuid>,
-    approved_principal: &str,
+    by: &Decider<'_>,
 ) -> Result<Option<ApprovalRow>, DbError> {
     Ok(sqlx::query_as(&format!(
         "UPDATE approvals SET status = 'approved', approved_by = $3,
-                approved_principal = $4, decided_at = now()
+                approved_principal = $4, approver = $5, decided_at = now()
           WHERE id = $1 AND kind = $2 AND status = 'pending' AND expires_at > now()
          RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(kind)
-    .bind(approved_by)
-    .bind(approved_principal)
+    .bind(by.key)
+    .bind(by.recorded_as)
+    .bind(by.principal)
     .fetch_optional(pool)
     .await?)
+}
+
+/// Ends a pending request without running it because it no longer applies
+/// (its project was deleted and created again, or changed team): status
+/// `refused` with the reason. False when it was not pending any more.
+pub async fn approval_refuse(pool: &PgPool, id: Uuid, error: &str) -> Result<bool, DbError> {
+    let r = sqlx::query(
+        "UPDATE approvals SET status = 'refused', error = $2, decided_at = now()
+          WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
 }
 
 /// Ends a pending request without running it (declined by the human).
@@ -196,7 +239,7 @@ pub async fn approval_finish(
 pub async fn approval_release(pool: &PgPool, id: Uuid) -> Result<(), DbError> {
     sqlx::query(
         "UPDATE approvals SET status = 'pending', approved_by = NULL, approved_principal = NULL,
-                decided_at = NULL
+                approver = NULL, decided_at = NULL
           WHERE id = $1 AND status = 'approved'",
     )
     .bind(id)

@@ -137,3 +137,20 @@ pub async fn backup_project_id(pool: &PgPool, id: Uuid) -> Result<Option<i64>, D
             .await?,
     )
 }
+
+/// When the last verified (succeeded) backup of each environment of the
+/// project (row id) finished: (environment, finished_at), one per
+/// environment that has one.
+pub async fn latest_verified_backups(
+    pool: &PgPool,
+    project_id: i64,
+) -> Result<Vec<(String, DateTime<Utc>)>, DbError> {
+    Ok(sqlx::query_as(
+        "SELECT environment, max(finished_at) FROM backups
+          WHERE project_id = $1 AND status = 'succeeded' AND finished_at IS NOT NULL
+          GROUP BY environment ORDER BY environment",
+    )
+    .bind(project_id)
+    .fetch_all(pool)
+    .await?)
+}

@@ -106,7 +106,11 @@ async fn roles_and_teams_are_enforced() {
     // An admin cannot mint an owner key.
     let admin = server.client_with_key(&mint_key("default", "admin")).await;
     let r = call(&admin, "key_create", json!({"role": "owner"})).await;
-    assert!(error_text(&r).contains("cannot create"));
+    assert!(
+        error_text(&r).contains("cannot create"),
+        "{}",
+        error_text(&r)
+    );
     let r = call(
         &admin,
         "key_create",
@@ -578,4 +582,206 @@ async fn refused_requests_are_audited() {
     pool.close().await;
     drop(server);
     fresh.drop().await;
+
+/// Two people means two principals (finding 4): every key belongs to a
+/// principal and records who made it; admins mint only viewer and member
+/// keys, owners any; admins revoke lesser keys and their own principal's,
+/// never an owner's or another person's admin key.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_owners_mint_admin_keys_and_admins_revoke_only_lesser_or_their_own() {
+    use super::app_host::with_cleanup;
+    use super::common::{db, delete_teams, mint_key_for, unique_team};
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let team = unique_team("keys");
+    let owner = server
+        .client_with_key(&mint_key_for(&team, "owner", "olga"))
+        .await;
+    let alice = server
+        .client_with_key(&mint_key_for(&team, "admin", "alice"))
+        .await;
+    let key_id =
+        |r: &rmcp::model::CallToolResult| structured(r)["key"]["id"].as_str().unwrap().to_string();
+    let body = async {
+        // An admin cannot make a second admin (or an owner) — for anyone.
+        for (role, principal) in [
+            ("admin", "mallory"),
+            ("owner", "mallory"),
+            ("admin", "alice"),
+        ] {
+            let r = call(
+                &alice,
+                "key_create",
+                json!({"role": role, "principal": principal}),
+            )
+            .await;
+            let text = error_text(&r);
+            assert!(
+                text.contains("cannot create") && text.contains("only an owner"),
+                "{role}: {text}"
+            );
+        }
+        let keys = structured(&call(&owner, "key_list", json!({})).await).clone();
+        assert_eq!(
+            keys["keys"].as_array().unwrap().len(),
+            2,
+            "nothing minted: {keys}"
+        );
+        // Member keys: her own by default, or another person's; each
+        // records who made it.
+        let r = call(&alice, "key_create", json!({"role": "member"})).await;
+        let made = structured(&r).clone();
+        assert_eq!(made["key"]["principal"], "alice", "{made}");
+        assert!(
+            made["key"]["created_by"]
+                .as_str()
+                .unwrap()
+                .starts_with("alice (key "),
+            "{made}"
+        );
+        let alices_member = key_id(&r);
+        let r = call(
+            &alice,
+            "key_create",
+            json!({"role": "viewer", "principal": "ci-deploy"}),
+        )
+        .await;
+        assert_eq!(structured(&r)["key"]["principal"], "ci-deploy");
+        let ci_viewer = key_id(&r);
+        // A principal is one lowercase name; `legacy` is codeb's own.
+        for bad in ["Alice", "legacy", "a b", "", "-x", "$(id)"] {
+            let r = call(
+                &alice,
+                "key_create",
+                json!({"role": "viewer", "principal": bad}),
+            )
+            .await;
+            assert!(error_text(&r).contains("principal"), "{bad}");
+        }
+        // The owner mints admins for people, Alice's second one included.
+        let r = call(
+            &owner,
+            "key_create",
+            json!({"role": "admin", "principal": "bob"}),
+        )
+        .await;
+        let made = structured(&r).clone();
+        assert!(
+            made["key"]["created_by"]
+                .as_str()
+                .unwrap()
+                .starts_with("olga (key "),
+            "{made}"
+        );
+        let bobs_admin = key_id(&r);
+        let r = call(
+            &owner,
+            "key_create",
+            json!({"role": "admin", "principal": "alice", "label": "alice laptop"}),
+        )
+        .await;
+        let alices_second = key_id(&r);
+        let owners_key = structured(&call(&owner, "key_list", json!({})).await)["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["principal"] == "olga")
+            .map(|k| k["id"].as_str().unwrap().to_string())
+            .unwrap();
+        // Alice cannot revoke the owner's key nor Bob's admin key ...
+        for id in [&owners_key, &bobs_admin] {
+            let r = call(&alice, "key_revoke", json!({"id": id})).await;
+            let text = error_text(&r);
+            assert!(
+                text.contains("an admin cannot revoke") && text.contains("only an owner"),
+                "{text}"
+            );
+        }
+        assert!(
+            structured(&call(&owner, "key_list", json!({})).await)["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|k| k["revoked_at"].is_null()),
+            "nothing revoked"
+        );
+        // ... but lesser keys, and her own.
+        for id in [&alices_member, &ci_viewer, &alices_second] {
+            structured(&call(&alice, "key_revoke", json!({"id": id})).await);
+        }
+        // The owner revokes anyone's.
+        structured(&call(&owner, "key_revoke", json!({"id": bobs_admin})).await);
+    };
+    with_cleanup(body, async { delete_teams(&db().await, &[&team]).await }).await;
+}
+
+/// Finding 8: a flood of guessed keys cannot hammer the state database.
+/// Each key this server never verified spends one of a global budget of
+/// lookups (here 10 a minute); the rest get 429 with Retry-After, a
+/// repeated unknown key is answered from memory, and a key verified
+/// before keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_unknown_keys_costs_a_bounded_number_of_lookups() {
+    let _guard = FAULT_LOCK.read().await;
+    const BUDGET: u64 = 10;
+    let server = HttpServer::start_with(
+        &super::common::testbed().config,
+        &[("CODEB_AUTH__UNKNOWN_KEY_LOOKUPS_PER_MINUTE", "10")],
+    )
+    .await;
+    let good = mint_key("default", "viewer");
+    let before = post_raw(&server.url, &[("x-api-key", good.as_str())]).await;
+    assert_ne!(before.status(), 401);
+    let started = std::time::Instant::now();
+    const GUESSES: usize = 200;
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..GUESSES {
+        let guess = codeb::auth::generate_key("default", codeb::model::Role::Owner).unwrap();
+        let resp = post_raw(&server.url, &[("x-api-key", guess.as_str())]).await;
+        if resp.status() == 429 {
+            assert!(resp.headers().contains_key("retry-after"));
+        }
+        *statuses.entry(resp.status().as_u16()).or_insert(0usize) += 1;
+    }
+    // One guess, again and again: looked up once at most.
+    let same = codeb::auth::generate_key("default", codeb::model::Role::Owner).unwrap();
+    for _ in 0..20 {
+        let s = post_raw(&server.url, &[("x-api-key", same.as_str())])
+            .await
+            .status();
+        assert!(s == 401 || s == 429, "{s}");
+    }
+    let minutes = started.elapsed().as_secs_f64() / 60.0;
+    // The budget refills evenly: 10 at once, then 10 a minute.
+    let allowed = BUDGET + (minutes * BUDGET as f64).ceil() as u64 + 1;
+    let throttled = statuses.get(&429).copied().unwrap_or(0);
+    assert!(
+        throttled as u64 >= GUESSES as u64 - allowed,
+        "most guesses must be refused without a lookup: {statuses:?}"
+    );
+    let metrics = reqwest::get(server.url.replace("/mcp", "/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lookups: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("codeb_api_key_lookups_total "))
+        .unwrap_or_else(|| panic!("no lookup counter in {metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    // The good key's one lookup, and the budget.
+    assert!(
+        lookups <= allowed + 1,
+        "{lookups} database lookups for {GUESSES} + 20 guesses (at most {allowed} allowed)"
+    );
+    // The key verified before the flood still works.
+    let after = post_raw(&server.url, &[("x-api-key", good.as_str())]).await;
+    assert!(
+        after.status() != 401 && after.status() != 429,
+        "{}",
+        after.status()
+    );
 }

@@ -46,6 +46,10 @@ impl Testbed {
     }
 }
 
+/// Overrides the config's state database (codeb reads it as
+/// `database.url`); a test run may point at its own database with it.
+pub const STATE_DB_VAR: &str = "CODEB_DATABASE__URL";
+
 /// Repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -141,13 +145,35 @@ pub struct HttpServer {
 }
 
 /// Mints a key with `codeb key create` against the database `config` and
-/// `env` select (the same one a server started with them uses).
+/// `env` select (the same one a server started with them uses), for a
+/// principal of its own (each key minted here is another person).
 pub fn mint_key_with(config: &Path, env: &[(&str, &str)], team: &str, role: &str) -> String {
+    let principal = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    mint_key_for_with(config, env, team, role, &principal)
+}
+
+/// Mints a key of `principal` (a person holding several keys).
+pub fn mint_key_for_with(
+    config: &Path,
+    env: &[(&str, &str)],
+    team: &str,
+    role: &str,
+    principal: &str,
+) -> String {
     let mut cmd = std::process::Command::new(codeb_bin());
     cmd.arg("--config")
         .arg(config)
         .args([
-            "key", "create", "--team", team, "--role", role, "--label", "test",
+            "key",
+            "create",
+            "--team",
+            team,
+            "--role",
+            role,
+            "--principal",
+            principal,
+            "--label",
+            "test",
         ])
         .env("CODEB_LOG", "warn");
     for (k, v) in env {
@@ -165,9 +191,14 @@ pub fn mint_key_with(config: &Path, env: &[(&str, &str)], team: &str, role: &str
         .to_string()
 }
 
-/// Mints a key in the testbed database.
+/// Mints a key in the testbed database, for a principal of its own.
 pub fn mint_key(team: &str, role: &str) -> String {
     mint_key_with(&testbed().config, &[], team, role)
+}
+
+/// Mints a key of `principal` in the testbed database.
+pub fn mint_key_for(team: &str, role: &str, principal: &str) -> String {
+    mint_key_for_with(&testbed().config, &[], team, role, principal)
 }
 
 /// A streamable HTTP client transport sending `key` as a bearer token.

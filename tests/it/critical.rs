@@ -3,6 +3,12 @@
 //! elicitation (legacy) or input-required (2026-07-28), otherwise a second
 //! admin key approving a pending approval bound to the plan hash, once,
 //! before it expires, and only while the live state still matches.
+//!
+//! Two people means two principals: an approval needs another principal
+//! than the request (not only another key); production `project_delete`
+//! needs that second person even when the client could confirm itself;
+//! an approval never carries over to a namesake project; and a database
+//! with data is not deleted without a recent verified backup.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,8 +21,8 @@ use rmcp::{ErrorData, RoleClient};
 use serde_json::{json, Value};
 
 use super::common::{
-    call, db, delete_project, error_text, insert_project, mint_key, structured, unique_project,
-    HttpServer, FAULT_LOCK,
+    call, db, delete_project, delete_teams, error_text, insert_project, mint_key, mint_key_for,
+    structured, unique_project, unique_team, HttpServer, FAULT_LOCK,
 };
 use super::domains::{dig_a, forget_domain, pdns_state};
 use super::mcp_http::rpc_body;
@@ -85,7 +91,7 @@ impl rmcp::ClientHandler for NoUi {
     }
 }
 
-type Client = RunningService<RoleClient, ()>;
+pub(super) type Client = RunningService<RoleClient, ()>;
 
 fn app_address() -> String {
     super::common::testbed().status["hosts"]["app"]["address"]
@@ -180,7 +186,7 @@ async fn domain_delete_waits_for_a_second_admin_key() {
     assert!(error_text(&r).contains("needs the admin role"));
     let r = call(&admin1, "approve", json!({"approval_id": id})).await;
     assert!(
-        error_text(&r).contains("a different admin key"),
+        error_text(&r).contains("a different principal"),
         "{}",
         error_text(&r)
     );
@@ -417,7 +423,7 @@ async fn stdio_clients_ask_the_human_too() {
 
 /// A 2026-07-28 `tools/call` of `tool` over plain HTTP, declaring
 /// elicitation, optionally answering an earlier input-required result.
-async fn call_2026(
+pub(super) async fn call_2026(
     server: &HttpServer,
     key: &str,
     tool: &str,
@@ -545,7 +551,7 @@ async fn input_required_confirmation_for_2026_07_28_clients() {
 }
 
 /// Whether `p` is a live project (slot_status answers for it).
-async fn exists(client: &Client, p: &str) -> bool {
+pub(super) async fn exists(client: &Client, p: &str) -> bool {
     call(client, "slot_status", json!({"project": p}))
         .await
         .is_error
@@ -554,7 +560,7 @@ async fn exists(client: &Client, p: &str) -> bool {
 
 /// A project created through MCP, with a staging deploy running when
 /// `deploy`.
-async fn live_project(admin: &Client, prefix: &str, deploy: bool) -> String {
+pub(super) async fn live_project(admin: &Client, prefix: &str, deploy: bool) -> String {
     let p = unique_project(prefix);
     structured(&call(admin, "project_create", json!({"project": p})).await);
     if deploy {
@@ -616,7 +622,7 @@ async fn project_delete_by_the_human_or_a_second_admin() {
     let id = pending["approval_id"].as_str().unwrap().to_string();
     assert!(exists(&admin1, &p2).await, "nothing changed yet");
     let r = call(&admin1, "approve", json!({"approval_id": id})).await;
-    assert!(error_text(&r).contains("a different admin key"));
+    assert!(error_text(&r).contains("a different principal"));
     assert!(exists(&admin1, &p2).await, "the requester cannot approve");
     let r = call(&admin2, "approve", json!({"approval_id": id})).await;
     let done = structured(&r).clone();
@@ -730,7 +736,7 @@ async fn backup_restore_runs_only_after_approval_and_counts_rows() {
         "nothing restored before approval"
     );
     let r = call(&admin1, "approve", json!({"approval_id": id})).await;
-    assert!(error_text(&r).contains("a different admin key"));
+    assert!(error_text(&r).contains("a different principal"));
     assert_eq!(
         count_items(&mut c).await,
         400,
@@ -771,4 +777,401 @@ async fn count_items(c: &mut sqlx::PgConnection) -> i64 {
         .fetch_one(c)
         .await
         .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Two people means two principals (issue [6] findings 4 and 7, DESIGN §6).
+
+/// Makes `rows` rows in a table owned by the project's role in the
+/// database of `p`'s `environment`, as its application would.
+async fn put_rows(p: &str, environment: codeb::model::Environment, rows: i64) {
+    use sqlx::{Connection, Executor};
+    let names = codeb::model::StorageNames::new(p, environment).unwrap();
+    let base = super::common::testbed().database_url();
+    let url = format!("{}/{}", base.rsplit_once('/').unwrap().0, names.pg);
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    c.execute(format!("SET ROLE {}", names.pg).as_str())
+        .await
+        .unwrap();
+    c.execute("CREATE TABLE orders (id BIGINT PRIMARY KEY, body TEXT NOT NULL)")
+        .await
+        .unwrap();
+    c.execute(
+        format!("INSERT INTO orders SELECT g, md5(g::text) FROM generate_series(1, {rows}) g")
+            .as_str(),
+    )
+    .await
+    .unwrap();
+}
+
+/// The id of a new pending approval of `tool` with `args`, asked by `client`.
+async fn request(client: &Client, tool: &str, args: Value) -> (String, Value) {
+    let r = call(client, tool, args).await;
+    let pending = structured(&r).clone();
+    assert_eq!(pending["status"], "pending_approval", "{pending}");
+    (
+        pending["approval_id"].as_str().unwrap().to_string(),
+        pending,
+    )
+}
+
+/// Deletes `p` through the tools: `asker` requests, `approver` approves.
+async fn delete_through_approval(asker: &Client, approver: &Client, p: &str) {
+    let (id, _) = request(asker, "project_delete", json!({"project": p})).await;
+    let r = call(approver, "approve", json!({"approval_id": id})).await;
+    assert_eq!(structured(&r)["status"], "executed", "{:?}", r.content);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_needs_another_principal_not_another_key() {
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let team = unique_team("twokeys");
+    // One person, two admin keys (say, laptop and CI); another person.
+    let alice1 = server
+        .client_with_key(&mint_key_for(&team, "admin", "alice"))
+        .await;
+    let alice2 = server
+        .client_with_key(&mint_key_for(&team, "admin", "alice"))
+        .await;
+    let bob = server
+        .client_with_key(&mint_key_for(&team, "admin", "bob"))
+        .await;
+    let body = async {
+        let p = live_project(&alice1, "twok", false).await;
+        let (id, pending) = request(&alice1, "project_delete", json!({"project": p})).await;
+        let summary = pending["summary"].as_str().unwrap();
+        assert!(
+            summary.contains("second person") && summary.contains("other than principal alice"),
+            "{summary}"
+        );
+        // Alice's other key is still Alice (finding 4): refused, also as a
+        // dry run, and nothing changes.
+        for dry_run in [true, false] {
+            let r = call(
+                &alice2,
+                "approve",
+                json!({"approval_id": id, "dry_run": dry_run}),
+            )
+            .await;
+            let text = error_text(&r);
+            assert!(
+                text.contains("requested by principal alice")
+                    && text.contains("a different principal"),
+                "{text}"
+            );
+        }
+        assert!(exists(&alice1, &p).await, "one person cannot approve alone");
+        // Another person approves: it runs, and the list says who did what.
+        let r = call(&bob, "approve", json!({"approval_id": id})).await;
+        assert_eq!(structured(&r)["status"], "executed", "{:?}", r.content);
+        assert!(!exists(&alice1, &p).await, "deleted by the second person");
+        let all = call(&bob, "approval_list", json!({"all": true})).await;
+        let entry = structured(&all)["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == json!(id))
+            .cloned()
+            .unwrap();
+        assert!(
+            entry["requested_by"]
+                .as_str()
+                .unwrap()
+                .starts_with("alice (key:"),
+            "{entry}"
+        );
+        assert!(
+            entry["approved_by"]
+                .as_str()
+                .unwrap()
+                .starts_with("bob (key:"),
+            "{entry}"
+        );
+    };
+    super::app_host::with_cleanup(body, async { delete_teams(&db().await, &[&team]).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn elicitation_alone_never_confirms_a_production_project_delete() {
+    use codeb::model::Environment;
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let team = unique_team("polic");
+    let alice_key = mint_key_for(&team, "admin", "alice");
+    let alice = server.client_with_key(&alice_key).await;
+    let bob = server
+        .client_with_key(&mint_key_for(&team, "admin", "bob"))
+        .await;
+    let body = async {
+        // Production holds data (backed up, so the backup rule is met).
+        let p = live_project(&alice, "polp", false).await;
+        put_rows(&p, Environment::Production, 10).await;
+        let r = call(
+            &alice,
+            "backup_create",
+            json!({"project": p, "environment": "production"}),
+        )
+        .await;
+        structured(&r);
+        let r = call(
+            &alice,
+            "project_delete",
+            json!({"project": p, "dry_run": true}),
+        )
+        .await;
+        let dry = structured(&r).clone();
+        assert!(
+            dry["summary"]
+                .as_str()
+                .unwrap()
+                .contains("approval by a second person (auth.approval_required: project_delete in production)"),
+            "{dry}"
+        );
+        assert_eq!(
+            dry["plan"]["details"]["environments"][0]["database_has_data"], true,
+            "{dry}"
+        );
+        // A client whose human — or model — would answer the form is not
+        // asked: the call becomes a pending approval, nothing is deleted.
+        let human = Human::typing(Some(&p));
+        let client = server.client_as(&alice_key, human.clone()).await;
+        let r = call(&client, "project_delete", json!({"project": p})).await;
+        let pending = structured(&r).clone();
+        assert_eq!(pending["status"], "pending_approval", "{pending}");
+        let summary = pending["summary"].as_str().unwrap();
+        assert!(
+            summary.contains("auth.approval_required") && summary.contains("needs a second person"),
+            "{summary}"
+        );
+        assert!(human.shown.lock().unwrap().is_empty(), "no form was shown");
+        client.cancel().await.unwrap();
+        // The same for a 2026-07-28 client: no input-required round.
+        let v = call_2026(
+            &server,
+            &alice_key,
+            "project_delete",
+            json!({"project": p}),
+            None,
+        )
+        .await;
+        assert_eq!(
+            v["result"]["structuredContent"]["status"], "pending_approval",
+            "{v}"
+        );
+        assert!(exists(&alice, &p).await, "nothing was deleted");
+        // A second person approves.
+        let id = pending["approval_id"].as_str().unwrap();
+        let r = call(&bob, "approve", json!({"approval_id": id})).await;
+        assert_eq!(structured(&r)["status"], "executed", "{:?}", r.content);
+        assert!(!exists(&alice, &p).await);
+
+        // Outside production the human's confirmation still suffices.
+        let q = live_project(&alice, "polq", false).await;
+        put_rows(&q, Environment::Staging, 10).await;
+        let r = call(
+            &alice,
+            "backup_create",
+            json!({"project": q, "environment": "staging"}),
+        )
+        .await;
+        structured(&r);
+        let human = Human::typing(Some(&q));
+        let client = server.client_as(&alice_key, human.clone()).await;
+        let r = call(&client, "project_delete", json!({"project": q})).await;
+        assert_eq!(structured(&r)["status"], "executed", "{:?}", r.content);
+        assert_eq!(human.shown.lock().unwrap().len(), 1);
+        assert!(!exists(&alice, &q).await);
+        client.cancel().await.unwrap();
+    };
+    super::app_host::with_cleanup(body, async { delete_teams(&db().await, &[&team]).await }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_never_applies_to_a_project_created_again_under_its_name() {
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let (team_a, team_b) = (unique_team("again-a"), unique_team("again-b"));
+    let a1 = server
+        .client_with_key(&mint_key_for(&team_a, "admin", "alice"))
+        .await;
+    let a2 = server
+        .client_with_key(&mint_key_for(&team_a, "admin", "bob"))
+        .await;
+    let b_key = mint_key_for(&team_b, "admin", "carol");
+    let b1 = server.client_with_key(&b_key).await;
+    let p = unique_project("again");
+    let body = async {
+        structured(&call(&a1, "project_create", json!({"project": p})).await);
+        // Alice asks to delete p; the approval waits. Meanwhile p is
+        // deleted (another approval) and created again by the same team —
+        // with the very same plan: ports, env versions, storage names. (A
+        // concurrent test may take the freed ports in between; then the
+        // old request is stale anyway, and the round is tried again, a
+        // bounded number of times.)
+        let mut old_id = None;
+        for _ in 0..10 {
+            let (id, old) = request(&a1, "project_delete", json!({"project": p})).await;
+            delete_through_approval(&a1, &a2, &p).await;
+            structured(&call(&a1, "project_create", json!({"project": p})).await);
+            let r = call(
+                &a1,
+                "project_delete",
+                json!({"project": p, "dry_run": true}),
+            )
+            .await;
+            let now = structured(&r)["plan"].clone();
+            if now["details"] == old["plan"]["details"] {
+                assert_ne!(
+                    now["hash"], old["plan"]["hash"],
+                    "the hash binds the project id"
+                );
+                old_id = Some(id);
+                break;
+            }
+        }
+        let old_id = old_id.expect("a round where the recreated project's plan equals the old one");
+        // Bob approving Alice's old request: refused, as a dry run too,
+        // and nothing is deleted (finding 7).
+        let r = call(
+            &a2,
+            "approve",
+            json!({"approval_id": old_id, "dry_run": true}),
+        )
+        .await;
+        let stale = structured(&r).clone();
+        assert_eq!(stale["status"], "stale", "{stale}");
+        assert!(
+            stale["summary"]
+                .as_str()
+                .unwrap()
+                .contains("deleted and created again"),
+            "{stale}"
+        );
+        let r = call(&a2, "approve", json!({"approval_id": old_id})).await;
+        let text = error_text(&r);
+        assert!(text.contains("deleted and created again"), "{text}");
+        assert!(exists(&a1, &p).await, "the new project is untouched");
+        let r = call(&a2, "approve", json!({"approval_id": old_id})).await;
+        assert!(
+            error_text(&r).contains("already used (refused"),
+            "{}",
+            error_text(&r)
+        );
+
+        // Across teams: Alice asks again; p is deleted and team B creates
+        // its own p with the same plan. Team A's approval does not reach
+        // it, and the answer does not tell that B's project exists.
+        let mut old_id = None;
+        for _ in 0..10 {
+            let (id, old) = request(&a1, "project_delete", json!({"project": p})).await;
+            delete_through_approval(&a1, &a2, &p).await;
+            structured(&call(&b1, "project_create", json!({"project": p})).await);
+            let r = call(
+                &b1,
+                "project_delete",
+                json!({"project": p, "dry_run": true}),
+            )
+            .await;
+            let now = structured(&r)["plan"].clone();
+            if now["details"] == old["plan"]["details"] {
+                assert_ne!(
+                    now["hash"], old["plan"]["hash"],
+                    "the hash binds id and team"
+                );
+                old_id = Some(id);
+                break;
+            }
+            // Back to team A for another round.
+            let c = server.client_as(&b_key, Human::typing(Some(&p))).await;
+            let r = call(&c, "project_delete", json!({"project": p})).await;
+            assert_eq!(structured(&r)["status"], "executed", "{:?}", r.content);
+            c.cancel().await.unwrap();
+            structured(&call(&a1, "project_create", json!({"project": p})).await);
+        }
+        let old_id = old_id.expect("a round where team B's project has the same plan");
+        let r = call(&a2, "approve", json!({"approval_id": old_id})).await;
+        let text = error_text(&r);
+        assert!(text.contains("no longer exists"), "{text}");
+        assert!(exists(&b1, &p).await, "team B's project is untouched");
+        // Team B removes its project (nothing in production: its human's
+        // confirmation suffices).
+        let c = server.client_as(&b_key, Human::typing(Some(&p))).await;
+        let r = call(&c, "project_delete", json!({"project": p})).await;
+        assert_eq!(structured(&r)["status"], "executed", "{:?}", r.content);
+        c.cancel().await.unwrap();
+    };
+    super::app_host::with_cleanup(body, async {
+        delete_teams(&db().await, &[&team_a, &team_b]).await
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn project_delete_needs_a_recent_verified_backup_of_every_database_with_data() {
+    use codeb::model::Environment;
+    let _guard = FAULT_LOCK.read().await;
+    let server = HttpServer::start().await;
+    let team = unique_team("bkrule");
+    let a1 = server
+        .client_with_key(&mint_key_for(&team, "admin", "alice"))
+        .await;
+    let a2 = server
+        .client_with_key(&mint_key_for(&team, "admin", "bob"))
+        .await;
+    let body = async {
+        let p = live_project(&a1, "bkr", false).await;
+        put_rows(&p, Environment::Staging, 3).await;
+        let fix = format!(r#"backup_create {{"project": "{p}", "environment": "staging"}}"#);
+        // Refused, as a dry run and for real, naming the exact call that
+        // fixes it; the empty databases need nothing.
+        for dry_run in [true, false] {
+            let r = call(
+                &a1,
+                "project_delete",
+                json!({"project": p, "dry_run": dry_run}),
+            )
+            .await;
+            let text = error_text(&r);
+            assert!(text.contains(&fix), "{text}");
+            assert!(text.contains("Nothing was changed"), "{text}");
+            assert!(!text.contains("production"), "{text}");
+        }
+        assert!(exists(&a1, &p).await);
+        let listed = call(&a1, "approval_list", json!({})).await;
+        assert!(
+            !structured(&listed).to_string().contains(&p),
+            "no approval was requested"
+        );
+        // A backup older than the limit (24 h by default) does not count.
+        let r = call(
+            &a1,
+            "backup_create",
+            json!({"project": p, "environment": "staging"}),
+        )
+        .await;
+        let backup_id = structured(&r)["backup_id"].as_str().unwrap().to_string();
+        sqlx::query(
+            "UPDATE backups SET created_at = now() - interval '25 hours',
+                    finished_at = now() - interval '25 hours' WHERE id = $1::uuid",
+        )
+        .bind(&backup_id)
+        .execute(&db().await)
+        .await
+        .unwrap();
+        let r = call(&a1, "project_delete", json!({"project": p})).await;
+        assert!(error_text(&r).contains(&fix), "{}", error_text(&r));
+        // A fresh one: the delete goes ahead (to approval).
+        structured(
+            &call(
+                &a1,
+                "backup_create",
+                json!({"project": p, "environment": "staging"}),
+            )
+            .await,
+        );
+        delete_through_approval(&a1, &a2, &p).await;
+        assert!(!exists(&a1, &p).await);
+    };
+    super::app_host::with_cleanup(body, async { delete_teams(&db().await, &[&team]).await }).await;
 }

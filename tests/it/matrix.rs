@@ -323,8 +323,16 @@ async fn every_tool_with_every_role_on_own_and_other_teams_projects() {
             .unwrap();
             let mut throwaway = Vec::new();
             for label in ["matrix revocable", "matrix victim"] {
-                let role = codeb::model::Role::Viewer;
-                let (_, row) = codeb::mcp::keys::create_key(&pool, name, role, label, Some(1))
+                let spec = codeb::mcp::keys::KeySpec {
+                    team: name,
+                    role: codeb::model::Role::Viewer,
+                    principal: "matrix-throwaway",
+                    label,
+                    expires_in_days: Some(1),
+                    created_by: None,
+                    created_by_principal: "local",
+                };
+                let (_, row) = codeb::mcp::keys::create_key(&pool, &spec)
                     .await
                     .expect("create a throwaway key");
                 throwaway.push(row.id.to_string());

@@ -174,6 +174,7 @@ async fn a_members_override_is_refused_and_an_admins_is_not() {
     let ctx = Ctx::new(Config::load(&testbed().config).unwrap());
     let caller = |role: Role| Caller {
         principal: format!("test-{}", role.as_str()),
+        holder: format!("test-{}", role.as_str()),
         team: "default".into(),
         role,
         key_id: None,
