@@ -582,6 +582,7 @@ async fn refused_requests_are_audited() {
     pool.close().await;
     drop(server);
     fresh.drop().await;
+}
 
 /// Two people means two principals (finding 4): every key belongs to a
 /// principal and records who made it; admins mint only viewer and member

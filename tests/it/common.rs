@@ -29,7 +29,7 @@ impl Testbed {
     /// state database — the testbed's, or the one `CODEB_DATABASE__URL`
     /// (the override codeb itself reads) points every codeb under test at.
     pub fn database_url(&self) -> String {
-        let url = std::env::var("CODEB_DATABASE__URL")
+        let url = std::env::var(STATE_DB_VAR)
             .ok()
             .filter(|u| !u.is_empty())
             .unwrap_or_else(|| {
