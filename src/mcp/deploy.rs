@@ -28,7 +28,7 @@ pub struct DeployParams {
     /// E.g. a CI run id; repeating it returns the same deployment.
     #[serde(default)]
     pub idempotency_key: Option<String>,
-    /// Admins: why production may take an image not yet healthy in staging (recorded).
+    /// Admins: why production may skip the staging check (recorded).
     #[serde(default)]
     pub override_reason: Option<String>,
 }
@@ -69,7 +69,7 @@ pub struct DeployResult {
 
 #[tool_router(router = deploy_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Deploy an image into the inactive slot (pull, run with the latest env, health-gate, preview URL); traffic moves only on promote. Production needs the image healthy in staging first.
+    /// Deploy an image into the inactive slot (pull, run with the latest env, health-gate, preview URL); promote moves traffic. Production needs its digest healthy in staging.
     #[tool(
         name = "deploy",
         title = "Deploy an image",

@@ -17,7 +17,7 @@ pub const DRIFT_FINDINGS_MAX: usize = 200;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DriftReportParams {
-    /// Only this project; all of your team's when omitted.
+    /// Only this project (default: your team's).
     #[serde(default)]
     pub project: Option<String>,
 }
@@ -47,7 +47,7 @@ pub struct DriftReportResult {
 
 #[tool_router(router = drift_report_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Compare codeb's records with what the servers run (containers, routes, DNS, env files, Caddy config): each difference with expected, found and a fix.
+    /// Compare codeb's records with what servers run (containers, routes, DNS, env files, Caddy config); each difference with a fix.
     #[tool(
         name = "drift_report",
         title = "Report drift",

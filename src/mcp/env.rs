@@ -166,7 +166,7 @@ impl CodebServer {
         }))
     }
 
-    /// Set/unset env variables as a new encrypted version; returns the key diff (fingerprints, never values). Protected keys: owner only. Reaches servers via env_sync or the next deploy.
+    /// Set/unset env variables as a new encrypted version; returns the key diff (fingerprints, never values). Protected keys: owner only. env_sync or the next deploy applies it.
     #[tool(
         name = "env_set",
         title = "Change env variables",

@@ -20,7 +20,7 @@ pub const PROJECT_TYPES: &[&str] = &["nextjs", "node", "static", "python", "go",
 pub struct ProjectCreateParams {
     /// Project name: 3-32 of a-z, 0-9 and '-', starting with a letter.
     pub project: String,
-    /// Project type: nextjs, node, static, python, go, rust or other (default node).
+    /// nextjs, node, static, python, go, rust or other (default node).
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
     /// Plan only (dry run).
@@ -78,7 +78,7 @@ fn env_keys() -> Vec<String> {
 
 #[tool_router(router = project_create_router, vis = "pub(crate)")]
 impl CodebServer {
-    /// Create a project: per environment a port pair, a PostgreSQL database and role, a Redis user on its own key prefix and protected env vars; returns a .env.local. All or nothing.
+    /// Create a project: per environment a port pair, PostgreSQL database and role, Redis user and key prefix, protected env vars; returns a .env.local. All or nothing.
     #[tool(
         name = "project_create",
         title = "Create a project",
