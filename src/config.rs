@@ -1018,6 +1018,26 @@ fn figment_error(e: figment::Error) -> ConfigError {
     ConfigError::new(field, message.replace('\n', " "))
 }
 
+/// A minimal config for unit tests: one local server with every role and
+/// a state database nothing answers at (127.0.0.1:1).
+#[cfg(test)]
+pub(crate) const TEST_LOCAL_CONFIG: &str = r#"
+[database]
+url = "postgres://codeb@127.0.0.1:1/codeb"
+[routing]
+route_zone = "route.codeb.test"
+route_target = "app.route.codeb.test"
+base_domain = "codeb.test"
+preview_domain = "preview.codeb.test"
+public_http = "http://127.0.0.1:80"
+[pdns]
+api_url = "http://127.0.0.1:8081"
+[[servers]]
+name = "app"
+roles = ["app", "storage", "streaming", "backup"]
+address = "local"
+"#;
+
 #[cfg(test)]
 mod tests {
     use super::*;

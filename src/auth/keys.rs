@@ -434,25 +434,8 @@ mod tests {
     /// cannot be reached, so nothing is remembered as refused).
     #[tokio::test]
     async fn unknown_keys_share_a_budget_of_lookups() {
-        let config: crate::config::Config = toml::from_str(
-            r#"
-[database]
-url = "postgres://codeb@127.0.0.1:1/codeb"
-[routing]
-route_zone = "route.codeb.test"
-route_target = "app.route.codeb.test"
-base_domain = "codeb.test"
-preview_domain = "preview.codeb.test"
-public_http = "http://127.0.0.1:80"
-[pdns]
-api_url = "http://127.0.0.1:8081"
-[[servers]]
-name = "app"
-roles = ["app", "storage", "streaming", "backup"]
-address = "local"
-"#,
-        )
-        .unwrap();
+        let config: crate::config::Config =
+            toml::from_str(crate::config::TEST_LOCAL_CONFIG).unwrap();
         let verifier = KeyVerifier::new(Db::from_config(&config), 2);
         let guess = || generate_key("default", Role::Owner).unwrap();
         for _ in 0..2 {

@@ -541,25 +541,7 @@ mod tests {
     use rmcp::handler::server::wrapper::Parameters;
 
     fn server_with_fake() -> (CodebServer, Arc<FakeRemote>) {
-        let config: Config = toml::from_str(
-            r#"
-[database]
-url = "postgres://codeb@127.0.0.1:1/codeb"
-[routing]
-route_zone = "route.codeb.test"
-route_target = "app.route.codeb.test"
-base_domain = "codeb.test"
-preview_domain = "preview.codeb.test"
-public_http = "http://127.0.0.1:80"
-[pdns]
-api_url = "http://127.0.0.1:8081"
-[[servers]]
-name = "app"
-roles = ["app", "storage", "streaming", "backup"]
-address = "local"
-"#,
-        )
-        .unwrap();
+        let config: Config = toml::from_str(crate::config::TEST_LOCAL_CONFIG).unwrap();
         let fake = Arc::new(FakeRemote::new("app", vec![]));
         let fleet = Fleet::from_parts(vec![(
             config.servers[0].clone(),
