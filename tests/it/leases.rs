@@ -14,7 +14,7 @@ use codeb::plan::cmd::RemoteCmd;
 use codeb::state::deployments::{deployment_begin, Begin, NewDeployment};
 use tokio_util::sync::CancellationToken;
 
-use super::common::{testbed, unique_project, FreshStateDb};
+use super::common::{testbed, unique_project, FreshStateDb, FAULT_LOCK};
 
 /// A server whose every command panics the task that runs it.
 struct PanickingServer(String);
@@ -44,6 +44,8 @@ impl Remote for PanickingServer {
 /// environment free (it recovers the abandoned one).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_operation_gives_its_lease_up() {
+    // Fault tests cut the storage host: not while this one polls the database.
+    let _guard = FAULT_LOCK.read().await;
     let state = FreshStateDb::create("lease").await;
     let mut config = state.config();
     // A long lease (heartbeat every 10 s): without the guard it would stay

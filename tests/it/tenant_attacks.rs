@@ -552,7 +552,7 @@ async fn codeb_never_runs_tenant_code_with_more_than_the_tenants_privileges() {
         watch.check("backup_restore's request").await;
         let r = call(&admin1, "approve", json!({"approval_id": approval})).await;
         assert!(
-            error_text(&r).contains("a different admin key"),
+            error_text(&r).contains("of a different principal"),
             "{}",
             error_text(&r)
         );
