@@ -503,7 +503,7 @@ impl ServerHandler for CodebServer {
             if r.is_error == Some(true) {
                 for c in r.content.iter_mut() {
                     if let rmcp::model::ContentBlock::Text(t) = c {
-                        t.text = scope.redact(&t.text);
+                        t.text = bound_error_text(&scope.redact(&t.text));
                     }
                 }
             }
@@ -529,6 +529,29 @@ impl ServerHandler for CodebServer {
     }
 }
 
+/// Longest error text a tool call returns. rmcp's own refusal of
+/// arguments of the wrong type quotes the value whole (`invalid type:
+/// string "…", expected a boolean`), so a 10 MiB string sent for a flag
+/// would come back as a 10 MiB error; codeb's own messages stay far below.
+pub const ERROR_TEXT_MAX_BYTES: usize = 4096;
+
+/// `text` cut to `ERROR_TEXT_MAX_BYTES` at a character boundary, saying
+/// how much was left out.
+fn bound_error_text(text: &str) -> String {
+    if text.len() <= ERROR_TEXT_MAX_BYTES {
+        return text.to_string();
+    }
+    let mut end = ERROR_TEXT_MAX_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… ({} more bytes left out)",
+        &text[..end],
+        text.len() - end
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,6 +562,15 @@ mod tests {
     use crate::mcp::slot_status::SlotStatusParams;
     use crate::state::Db;
     use rmcp::handler::server::wrapper::Parameters;
+
+    #[test]
+    fn error_texts_are_bounded() {
+        assert_eq!(bound_error_text("short"), "short");
+        let long = format!("failed: {}", "é".repeat(ERROR_TEXT_MAX_BYTES));
+        let cut = bound_error_text(&long);
+        assert!(cut.len() < ERROR_TEXT_MAX_BYTES + 64, "{}", cut.len());
+        assert!(cut.ends_with(" more bytes left out)"), "{cut}");
+    }
 
     fn server_with_fake() -> (CodebServer, Arc<FakeRemote>) {
         let config: Config = toml::from_str(crate::config::TEST_LOCAL_CONFIG).unwrap();
